@@ -1,0 +1,38 @@
+"""The main job end to end on a tiny embedded set."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from peclr_jax import main
+
+
+def test_main_job_writes_sheets_and_summary(tmp_path, capsys):
+  work, data = tmp_path / "work", tmp_path / "data"
+  main.main(["--workdir", str(work), "--data", str(data), "--train", "20", "--eval", "4"])
+  out = capsys.readouterr().out
+  assert "rendered" in out and "contact_sheet.png" in out
+  with Image.open(work / "contact_sheet.png") as im:
+    assert im.size == (4 * 224, 4 * 224)
+  with Image.open(work / "crops.png") as im:
+    assert im.size == (4 * 128, 4 * 128)
+  summary = json.loads((work / "summary.json").read_text())
+  assert summary["training"]["ids"] == 20 and summary["evaluation"]["ids"] == 4
+  assert summary["training"]["in_image_joints_on_mask"] == 1.0
+  # The skeletons are drawn: the sheet differs from the raw images it was made from.
+  sheet = np.asarray(Image.open(work / "contact_sheet.png"))
+  raw = np.asarray(Image.open(data / "training" / "rgb" / "00000000.jpg"))
+  assert np.abs(sheet[:224, :224].astype(int) - raw).max() > 100
+  main.main(["--workdir", str(work), "--data", str(data), "--train", "20", "--eval", "4"])
+  assert "cached" in capsys.readouterr().out
+
+
+def test_unwritable_workdir_is_one_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"  # a path under a regular file cannot be created, even by root
+  blocker.write_text("")
+  with pytest.raises(SystemExit, match="not writable") as e:
+    main.main(["--workdir", str(blocker / "w"), "--data", str(tmp_path / "d"), "--train", "2", "--eval", "1"])
+  assert str(blocker / "w") in str(e.value)
+  assert not (tmp_path / "d").exists()  # failed before rendering anything
