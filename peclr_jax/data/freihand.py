@@ -37,6 +37,8 @@ class FreiHand:
     self.scale = self._load(ann("scale"), (n,), "scale")
     xyz_path = ann("xyz")
     # The public evaluation release may come without xyz: then records have no 3D labels.
+    if split == "training":
+      common.require_file(xyz_path, "FreiHAND training labels")
     self.xyz = self._load(xyz_path, (n, 21, 3), "xyz") if os.path.exists(xyz_path) else None
     n_images = sum(1 for f in os.listdir(self.rgb_dir) if f.endswith(".jpg"))
     if n_images == 0 or n_images % n:

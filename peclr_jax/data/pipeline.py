@@ -98,7 +98,9 @@ class _BlockShard:
     self.base, self.local, self.index, self.count = base, global_batch // count, index, count
 
   def __len__(self):
-    return len(self.base) // self.count
+    # Full global batches, then this process's block of a partial last one (grain wraps indices past the end).
+    b, r = divmod(len(self.base), self.local * self.count)
+    return b * self.local + min(max(r - self.index * self.local, 0), self.local)
 
   def __getitem__(self, i):
     b, k = divmod(i, self.local)
