@@ -1,11 +1,14 @@
-"""The main job on the embedded data.
+"""The main job on the embedded data: render, pretrain, and compare with a random-init encoder.
 
     python -m peclr_jax.main --workdir runs/main
 
-Renders the embedded synthetic hands (cached under --data), reads them back through the same FreiHAND loader and
-grain pipeline a real dataset uses, prints a summary and writes contact sheets of 16 samples with their projected
-skeletons: `contact_sheet.png` (full 224 px images, skeleton = xyz projected with K) and `crops.png` (pipeline
-crops, skeleton = xyz projected with the updated K' = T K).
+1. Renders the embedded synthetic hands (cached under --data), reads them back through the FreiHAND loader and
+   the grain pipeline, prints label statistics and writes `contact_sheet.png` (16 images, xyz projected with K)
+   and `crops.png` (pipeline crops, xyz projected with K' = T K).
+2. Pretrains with configs/pretrain.py:peclr,cpu (ResNet-18 at width 16, 64 px) in `<workdir>/pretrain`.
+3. Trains the same online probe on a frozen random-init encoder for as many steps (`<workdir>/random_init`).
+4. Reports both probes' 2D error (px of the 64 px crop) on the held-out evaluation split and plots loss, learning
+   rate and probe error (`curves.png`); `results.json` holds the numbers.
 """
 
 import argparse
@@ -56,6 +59,9 @@ def main(argv=None):
   p.add_argument("--train", type=int, default=4000)
   p.add_argument("--eval", type=int, default=500)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--objective", default="peclr", choices=("simclr", "peclr", "relative", "hybrid"))
+  p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the cpu config's)")
+  p.add_argument("--skip-pretrain", action="store_true", help="only render and check the data")
   args = p.parse_args(argv)
   try:
     os.makedirs(args.workdir, exist_ok=True)
@@ -85,6 +91,62 @@ def main(argv=None):
   with open(os.path.join(args.workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"wrote {args.workdir}/contact_sheet.png, crops.png, summary.json ({time.perf_counter() - t0:.1f} s)")
+  if args.skip_pretrain:
+    return
+  pretrain_and_compare(args, t0)
+
+
+def pretrain_and_compare(args, t0):
+  from peclr_jax import pretrain
+
+  config = pretrain.load_config(f"pretrain.py:{args.objective},cpu")
+  config.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
+  if args.steps:
+    config.total_steps = args.steps
+  results = {}
+  for name, frozen in ((args.objective, False), ("random_init", True)):
+    t = time.perf_counter()
+    r = pretrain.train(config, os.path.join(args.workdir, "pretrain" if not frozen else "random_init"),
+                       freeze_encoder=frozen)
+    results[name] = dict(
+        steps=int(r.state.step), seconds=round(time.perf_counter() - t, 1),
+        train_probe_px=round(float(np.mean([m["probe_epe_px"] for m in r.metrics[-4:]])), 2),
+        eval_probe_px=round(pretrain.evaluate_probe(config, r.state), 2),
+        curve=[(m["step"], m["loss"], m["lr"], m["probe_epe_px"]) for m in r.metrics])
+  a, b = results[args.objective], results["random_init"]
+  plot(results, os.path.join(args.workdir, "curves.png"))
+  with open(os.path.join(args.workdir, "results.json"), "w") as f:
+    json.dump(results, f)
+  size = config.augment.out_size
+  print(f"\nonline linear probe, 2D keypoint error on the held-out evaluation split (px of the {size} px crop):")
+  print(f"  {args.objective:>12} encoder: {a['eval_probe_px']:6.2f} px  (train views {a['train_probe_px']:.2f} px, "
+        f"{a['steps']} steps, {a['seconds']:.0f} s)")
+  print(f"  {'random-init':>12} encoder: {b['eval_probe_px']:6.2f} px  (train views {b['train_probe_px']:.2f} px, "
+        f"{b['seconds']:.0f} s)")
+  gain = 100 * (1 - a["eval_probe_px"] / b["eval_probe_px"])
+  print(f"  {args.objective} vs random init: {gain:+.1f} % lower error; plots in {args.workdir}/curves.png; "
+        f"total {time.perf_counter() - t0:.0f} s")
+
+
+def plot(results, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for name, r in results.items():
+    step, loss, lr, probe = np.array(r["curve"]).T
+    axes[0].plot(step, loss, label=name)
+    axes[1].plot(step, lr, label=name)
+    axes[2].plot(step, probe, label=f"{name} (eval {r['eval_probe_px']:.2f} px)")
+  for ax, title in zip(axes, ("loss (objective + probe)", "learning rate", "online probe 2D error (px)")):
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 if __name__ == "__main__":

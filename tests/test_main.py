@@ -11,7 +11,7 @@ from peclr_jax import main
 
 def test_main_job_writes_sheets_and_summary(tmp_path, capsys):
   work, data = tmp_path / "work", tmp_path / "data"
-  main.main(["--workdir", str(work), "--data", str(data), "--train", "20", "--eval", "4"])
+  main.main(["--workdir", str(work), "--data", str(data), "--train", "20", "--eval", "4", "--skip-pretrain"])
   out = capsys.readouterr().out
   assert "rendered" in out and "contact_sheet.png" in out
   with Image.open(work / "contact_sheet.png") as im:
@@ -25,8 +25,23 @@ def test_main_job_writes_sheets_and_summary(tmp_path, capsys):
   sheet = np.asarray(Image.open(work / "contact_sheet.png"))
   raw = np.asarray(Image.open(data / "training" / "rgb" / "00000000.jpg"))
   assert np.abs(sheet[:224, :224].astype(int) - raw).max() > 100
-  main.main(["--workdir", str(work), "--data", str(data), "--train", "20", "--eval", "4"])
+  main.main(["--workdir", str(work), "--data", str(data), "--train", "20", "--eval", "4", "--skip-pretrain"])
   assert "cached" in capsys.readouterr().out
+
+
+def test_main_job_pretrains_and_compares_with_random_init(tmp_path, capsys):
+  work = tmp_path / "work"
+  main.main(["--workdir", str(work), "--data", str(tmp_path / "data"), "--train", "70", "--eval", "10",
+             "--steps", "2"])
+  out = capsys.readouterr().out
+  assert "random-init encoder" in out and "lower error" in out
+  results = json.loads((work / "results.json").read_text())
+  assert set(results) == {"peclr", "random_init"}
+  for r in results.values():
+    assert r["steps"] == 2 and 0 < r["eval_probe_px"] < 64
+  with Image.open(work / "curves.png") as im:
+    assert im.size[0] > 600
+  assert (work / "pretrain" / "encoder" / "model.json").exists()
 
 
 def test_unwritable_workdir_is_one_clear_error(tmp_path):

@@ -416,6 +416,8 @@ def write_split(out, split, n, seed=0, versions=1, style=Style(), workers=None, 
   xyz, K = np.zeros((n, 21, 3)), np.zeros((n, 3, 3))
   t0 = time.perf_counter()
   workers = workers or os.cpu_count() or 1
+  if n * versions < 256:  # starting processes costs more than rendering a few images
+    workers = 1
   bar = tqdm(total=n * versions, desc=f"rendering {split}", unit="img", disable=not progress)
   with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
     for start, x, k in pool.imap_unordered(_render_chunk, jobs):

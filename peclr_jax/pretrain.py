@@ -1,0 +1,390 @@
+"""Self-supervised pretraining of a hand-pose encoder: SimCLR, PeCLR, relative, or a hybrid of them.
+
+  python -m peclr_jax.pretrain --config=configs/pretrain.py:peclr --workdir=runs/peclr --config.batch_size=512
+
+One jitted step over a mesh with a `data` axis (batch sharded, state replicated): two augmented views made on
+device from fold_in(seed, step), one forward pass over both (global BatchNorm and global negatives), the
+objective, an online linear probe on stop-gradient features (2D keypoints), and the optimiser update. The host
+logs the step's measurements, stops on NaN/inf, and checkpoints state + data iterator + config with Orbax;
+restarting with the same workdir resumes.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from peclr_jax import augment, checkpoint, log, objectives, optim, sharding
+from peclr_jax.data import freihand, pipeline, synthetic
+from peclr_jax.models import heads, resnet
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (NaN/inf loss, bad config); the message says why and what was kept."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model: encoder -> projection head (contrastive) / relative heads, plus an online probe on frozen features.
+# ---------------------------------------------------------------------------------------------------------------
+class Pretrainer(nn.Module):
+  model: ml_collections.ConfigDict
+  objective: str
+  relative_dims: tuple = ()  # ((name, k), ...) for the relative heads
+  frozen: bool = False  # stop gradients at the features: the encoder's backward pass is not even built
+
+  def setup(self):
+    m = self.model
+    self.encoder = resnet.create(m.name, width=m.width, small_stem=m.small_stem,
+                                 zero_init_last_bn=m.zero_init_last_bn)
+    if self.objective != "relative":
+      self.proj = heads.ProjectionHead(hidden=m.proj_hidden, out=m.proj_out)
+    self.rel = {name: heads.RelativeHead(out=k, hidden=m.rel_hidden) for name, k in self.relative_dims}
+    self.log_sigma = {name: self.param(f"log_sigma_{name}", nn.initializers.zeros, ()) for name, _ in
+                      self.relative_dims}
+    self.probe = heads.LinearProbe(out=42)  # stop-gradient inside: trains only itself
+
+  def __call__(self, x, train=True):
+    """x: both views stacked [2B, H, W, 3] -> dict of outputs."""
+    h = self.encoder(x, train=train)
+    if self.frozen:
+      h = jax.lax.stop_gradient(h)
+    out = dict(h=h, probe=self.probe(h).reshape(-1, 21, 2))
+    if self.objective != "relative":
+      out["z"] = self.proj(h, train=train)
+    if self.relative_dims:
+      h1, h2 = jnp.split(h, 2)
+      out["rel"] = {name: head(h1, h2, train=train) for name, head in self.rel.items()}
+      out["log_sigma"] = dict(self.log_sigma)
+    return out
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  opt_state: optax.OptState
+
+
+def relative_dims(config):
+  if config.objective not in ("relative", "hybrid"):
+    return ()
+  return tuple((t, objectives.RELATIVE_DIMS[t]) for t in config.relative.transforms)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Durations and data.
+# ---------------------------------------------------------------------------------------------------------------
+def total_steps(config, n_records):
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  if config.num_epochs <= 0:
+    raise TrainingError("set config.total_steps > 0 or config.num_epochs > 0")
+  return max(1, int(math.ceil(config.num_epochs * n_records / config.batch_size)))
+
+
+def source(data, split="training"):
+  """The pretraining source named by config.data (the embedded set is rendered first when missing)."""
+  if data.name == "synthetic":
+    synthetic.generate(data.root, data.synthetic_train, data.synthetic_eval, data.synthetic_seed,
+                       progress=jax.process_index() == 0)
+    data = dict(data, name="freihand")
+  if data["name"] == "freihand":
+    src = freihand.FreiHand(data["root"], split)
+    if split == "training" and data["val_fraction"] > 0:
+      train_ids, _ = freihand.split_ids(src.n_ids, data["val_fraction"], seed=0)
+      src = freihand.FreiHand(data["root"], split, ids=train_ids)
+    return src
+  if data["name"] == "interhand":
+    from peclr_jax.data import interhand
+    return interhand.InterHand(data["root"], {"training": "train", "evaluation": "test"}[split])
+  if data["name"] == "folder":
+    from peclr_jax.data import folder
+    return folder.ImageFolder(data["root"])
+  raise TrainingError(f"config.data.name={data['name']!r}: expected synthetic, freihand, interhand or folder")
+
+
+def input_pipeline(config, src, shuffle=True, num_epochs=None, batch_size=None, drop_remainder=True):
+  d = config.data
+  return pipeline.dataset(src, batch_size or config.batch_size, size=d.host_size, margin=d.host_margin,
+                          seed=config.seed, shuffle=shuffle, num_epochs=num_epochs, workers=d.workers,
+                          threads=d.threads, skip_corrupt=d.skip_corrupt, drop_remainder=drop_remainder)
+
+
+DEVICE_KEYS = ("image", "uv", "K", "valid")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The train step.
+# ---------------------------------------------------------------------------------------------------------------
+def probe_loss(pred, uv, valid, size):
+  """L1 between the probe's normalised keypoints and uv mapped to [-1, 1]; also the 2D error in pixels."""
+  target = uv / size * 2 - 1
+  w = valid[..., None].astype(jnp.float32)
+  l1 = jnp.sum(jnp.abs(pred - target) * w) / jnp.maximum(w.sum() * 2, 1)
+  epe = jnp.sum(jnp.linalg.norm(pred - target, axis=-1) * valid) / jnp.maximum(valid.sum(), 1) * size / 2
+  return l1, epe
+
+
+def make_train_step(config, model, tx, base_key):
+  aug, size = config.augment, config.augment.out_size
+
+  def step_fn(state, batch):
+    key = jax.random.fold_in(base_key, state.step)
+    (x1, uv1, _, p1, g1), (x2, uv2, _, p2, g2) = augment.views(key, batch, aug)
+    x = jnp.concatenate([x1, x2])
+    valid = jnp.concatenate([batch["valid"], batch["valid"]])
+    uv = jnp.concatenate([uv1, uv2])
+
+    def loss_fn(params):
+      out, new = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                             mutable=["batch_stats"])
+      m, total = {}, 0.0
+      if config.objective != "relative":
+        z1, z2 = jnp.split(out["z"].astype(jnp.float32), 2)
+        if config.objective == "simclr":
+          m["nt_xent"] = objectives.nt_xent(z1, z2, config.temperature)
+        else:
+          m["peclr"] = objectives.peclr_loss(z1, z2, g1, g2, config.temperature, config.peclr.transforms,
+                                             config.peclr.translation_norm, size)
+        total += config.weights.contrastive * sum(m.values())
+      if "rel" in out:
+        targets = objectives.relative_targets({**p1, **g1}, {**p2, **g2}, config.relative.transforms)
+        rel, per_head = objectives.relative_loss(out["rel"], targets, out["log_sigma"])
+        m.update({f"rel_{k}": v for k, v in per_head.items()})
+        m.update({f"sigma_{k}": jnp.exp(v) for k, v in out["log_sigma"].items()})
+        m["relative"] = rel
+        total += config.weights.relative * rel
+      m["probe_l1"], m["probe_epe_px"] = probe_loss(out["probe"], uv, valid, size)
+      m["objective"] = total
+      # The probe sees stop-gradient features, so its loss trains only the probe.
+      return total + m["probe_l1"], (m, new["batch_stats"])
+
+    (loss, (m, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    m.update(loss=loss, lr=_lr(opt_state), grad_norm=_norm(grads), param_norm=_norm(params))
+    return TrainState(state.step + 1, params, batch_stats, opt_state), m
+
+  return step_fn
+
+
+def _norm(tree):
+  return optax.tree.norm(tree) if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm(tree)
+
+
+def _lr(opt_state):
+  try:
+    return optim.current_lr(opt_state)
+  except ValueError:  # frozen encoder: no schedule
+    return jnp.zeros(())
+
+
+def make_optimizer(config, steps, steps_per_epoch, freeze_encoder=False):
+  """The configured optimiser for the model (durations in optimiser steps), Adam for the online probe."""
+  o = config.optim.copy_and_resolve_references()
+  with o.unlocked():
+    o.batch_size = config.batch_size  # the micro-batch; the LR rule multiplies by accum_steps
+  accum = o.accum_steps or 1
+  main, _ = optim.make(o, max(1, steps // accum), steps_per_epoch / accum)
+  if freeze_encoder:  # the random-init baseline: only the probe learns
+    main = optax.set_to_zero()
+  label = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: "probe" if path[0].key == "probe" else "main", params)
+  return optax.multi_transform({"main": main, "probe": optax.adam(config.probe_lr)}, label)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainer.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Result:
+  state: TrainState
+  metrics: list
+  workdir: str
+
+
+def check_workdir(workdir):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise TrainingError(f"workdir {workdir!r} is not writable: {e}") from e
+
+
+def train(config, workdir, freeze_encoder=False, progress=True, devices=None, stop_at=None):
+  """Runs (or resumes) pretraining in `workdir`; returns the final state and the logged metrics.
+
+  `freeze_encoder` trains only the online probe (the random-init baseline); `devices` defaults to all;
+  `stop_at` ends the run after that step with a checkpoint, as a preemption would (the schedule is unchanged).
+  """
+  check_workdir(workdir)
+  mesh = sharding.mesh(devices)
+  sharding.check_batch_size(config.batch_size, mesh)
+
+  # Input.
+  src = source(config.data)
+  steps = total_steps(config, len(src))
+  ds = input_pipeline(config, src)
+  data_iter = iter(ds)
+
+  # Model and optimiser, initialised from shapes straight into their shardings.
+  model = Pretrainer(config.model, config.objective, relative_dims(config), frozen=freeze_encoder)
+  steps_per_epoch = max(1.0, len(src) / config.batch_size)
+  tx = make_optimizer(config, steps, steps_per_epoch, freeze_encoder)
+  base_key = jax.random.key(config.seed)  # threefry: shard-independent augmentation draws
+  init_key = jax.random.key(config.seed, impl="rbg")  # initialisation only; compiles ~3x faster on CPU
+  h = config.augment.out_size
+
+  def init(key):
+    variables = model.init(key, jnp.zeros((4, h, h, 3), jnp.float32), train=True)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+
+  repl = sharding.replicated(mesh)
+  abstract = jax.eval_shape(init, init_key)
+  state_sharding = jax.tree.map(lambda _: repl, abstract)
+  state = jax.jit(init, out_shardings=state_sharding)(init_key)
+
+  # Resume from the workdir's latest checkpoint (state and data position).
+  mngr = checkpoint.manager(workdir, keep=config.keep_ckpts)
+  step0, restored = checkpoint.restore(mngr, jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding), data_iter)
+  if restored is not None:
+    state = restored
+  start = int(state.step)
+
+  step_fn = jax.jit(make_train_step(config, model, tx, base_key), donate_argnums=(0,),
+                    out_shardings=(state_sharding, repl))
+  writer = log.Writer(workdir)
+  from tqdm import tqdm
+
+  desc = "random-init encoder, probe only" if freeze_encoder else f"pretrain {config.objective}"
+  bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress,
+             dynamic_ncols=True)
+  rows, t_log, n_log = [], time.perf_counter(), 0
+  try:
+    last = steps if stop_at is None else min(steps, stop_at)
+    for step in range(start + 1, last + 1):
+      batch = {k: v for k, v in next(data_iter).items() if k in DEVICE_KEYS}
+      state, m = step_fn(state, sharding.put_batch(batch, mesh))
+      n_log += config.batch_size
+      is_log, is_ckpt = step % config.log_every == 0 or step == last, step % config.ckpt_every == 0 or step == last
+      if is_log or is_ckpt:
+        m = jax.device_get(m)
+        # param_norm is taken after the update, so a finite row also vouches for the state about to be saved.
+        bad = [k for k, v in m.items() if not np.isfinite(v)]
+        if bad:
+          kept = mngr.latest_step()
+          raise TrainingError(
+              f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
+              f"Last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
+      if is_log:
+        now = time.perf_counter()
+        m["images_per_s"] = 2 * n_log / (now - t_log)  # two views per example
+        t_log, n_log = now, 0
+        writer.write(step, m)
+        rows.append({"step": step, **{k: float(v) for k, v in m.items()}})
+        bar.set_postfix(loss=f"{m['loss']:.3f}", probe_px=f"{m['probe_epe_px']:.2f}")
+      if is_ckpt:
+        checkpoint.save(mngr, step, state, data_iter, config)
+      bar.update(1)
+  finally:
+    bar.close()
+    mngr.wait_until_finished()
+    writer.close()
+  if jax.process_index() == 0 and int(state.step) == steps and steps > start:
+    variables = jax.device_get({k: getattr(state, k)["encoder"] for k in ("params", "batch_stats")})
+    checkpoint.export_encoder(os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"],
+                              config.model.to_dict())
+  return Result(state, rows, workdir)
+
+
+def evaluate_probe(config, state, split="evaluation", limit=None):
+  """2D error (px of the crop) of the online probe on a split: no augmentation, BatchNorm in inference mode."""
+  src = source(config.data, split)
+  aug = config.augment.copy_and_resolve_references()
+  with aug.unlocked():
+    aug.ops = ()  # identity: keypoint-centred crop with the fixed margin, no colour change
+  model = Pretrainer(config.model, config.objective, relative_dims(config))
+  size = aug.out_size
+
+  @jax.jit
+  def errors(batch):
+    x, uv, _, _, _ = augment.augment(jax.random.key(0), batch, aug)
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+    d = jnp.linalg.norm(out["probe"] - (uv / size * 2 - 1), axis=-1) * size / 2
+    return jnp.sum(d * batch["valid"]), jnp.sum(batch["valid"])
+
+  total, count, n = 0.0, 0.0, 0
+  for batch in input_pipeline(config, src, shuffle=False, num_epochs=1, batch_size=64, drop_remainder=False):
+    if limit is not None and n >= limit:
+      break
+    s, c = errors({k: v for k, v in batch.items() if k in DEVICE_KEYS})
+    total, count, n = total + float(s), count + float(c), n + len(batch["index"])
+  return total / max(count, 1)
+
+
+def load_config(spec):
+  """`"pretrain.py:peclr,cpu"` -> the ConfigDict of configs/pretrain.py's get_config("peclr,cpu").
+
+  The file is looked up as given, then in the repository's configs/ folder (next to the package).
+  """
+  import importlib.util
+
+  path, _, arg = spec.partition(":")
+  for candidate in (path, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                       os.path.basename(path))):
+    if os.path.isfile(candidate):
+      mod_spec = importlib.util.spec_from_file_location(f"_config_{os.path.basename(candidate)[:-3]}", candidate)
+      module = importlib.util.module_from_spec(mod_spec)
+      mod_spec.loader.exec_module(module)
+      return module.get_config(arg or None)
+  raise FileNotFoundError(f"config file {path!r} not found (also looked in the repository's configs/)")
+
+
+def parse_flags(argv, config_help):
+  """Defines and parses --config/--workdir; a mistyped key or a wrong type is one clear error, before any work."""
+  import sys
+
+  from absl import flags
+  from ml_collections import config_flags
+
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and TensorBoard logs go")
+  try:
+    flags.FLAGS(sys.argv if argv is None else argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).replace("\\n", " ").replace("\\'", "'")
+    msg = msg[1:-1] if msg[:1] in "'\"" and msg[-1:] == msg[:1] else msg
+    raise SystemExit(f"error: bad command line: {msg}") from None
+  if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+    raise SystemExit("error: --config and --workdir are required")
+  return flags.FLAGS.config, flags.FLAGS.workdir
+
+
+def main(argv=None):
+  config, workdir = parse_flags(argv, "configs/pretrain.py:OBJECTIVE[,SIZE]")
+  try:
+    result = train(config, workdir)
+  except TrainingError as e:
+    raise SystemExit(f"error: {e}") from None
+  last = result.metrics[-1] if result.metrics else {}
+  print(f"done: step {int(result.state.step)}, loss {last.get('loss', float('nan')):.4f}, online probe 2D error "
+        f"{last.get('probe_epe_px', float('nan')):.2f} px; checkpoints in {result.workdir}/checkpoints")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,136 @@
+"""ResNet encoders and heads: shapes, parameter counts, output stride, BatchNorm modes and running averages."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from peclr_jax import models
+
+# RBG keys compile far faster than threefry on CPU (Flax init draws one key per parameter); values don't matter here.
+KEY = jax.random.key(0, impl="unsafe_rbg")
+
+
+def _shapes(model, x, **kw):
+  """Abstract variables and output of `model` on `x`, traced only (no compilation)."""
+  v = jax.eval_shape(functools.partial(model.init, train=False), KEY, x)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"], **kw), v, x)
+  return v, out
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _named(tree, name):
+  """Leaves whose last path entry is `name` (e.g. every BN `scale`)."""
+  return [x for path, x in jax.tree_util.tree_leaves_with_path(tree) if path[-1].key == name]
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 64), ("resnet34", 64), ("resnet50", 256), ("resnet101", 256)])
+def test_feature_dim_and_output_stride(name, dim):
+  # width 8 = 1/8 of the standard nets: 512/8 and 2048/8 features; 128 px → 4×4 before pooling (stride 32).
+  model = models.create(name, width=8)
+  _, (feats, st) = _shapes(model, jnp.zeros((2, 128, 128, 3)))
+  assert feats.shape == (2, dim) and feats.dtype == jnp.float32 and model.features == dim
+  assert st["intermediates"]["feature_map"][0].shape == (2, 4, 4, dim)
+
+
+def test_bottleneck_strides_in_the_3x3_conv():
+  # v1.5: the first block of a stage keeps the resolution through its 1×1 conv and halves it in the 3×3 conv.
+  model, x = models.create("resnet50", width=8), jnp.zeros((1, 64, 64, 3))
+  v = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  _, st = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True, mutable=True), v, x)
+  b = st["intermediates"]["layer2_0"]
+  assert [b[c]["__call__"][0].shape[1] for c in ("conv1", "conv2", "conv3", "downsample_conv")] == [16, 8, 8, 8]
+
+
+def test_small_stem_output_stride():
+  _, (feats, st) = _shapes(models.ResNet(depth=18, width=8, small_stem=True), jnp.zeros((2, 32, 32, 3)))
+  assert feats.shape == (2, 64) and st["intermediates"]["feature_map"][0].shape == (2, 4, 4, 64)
+
+
+@pytest.mark.parametrize("name,count,dim", [("resnet18", 11_176_512, 512), ("resnet50", 23_508_032, 2048)])
+def test_param_count_matches_torchvision(name, count, dim):
+  # torchvision's resnet18 / resnet50 have 11,689,512 / 25,557,032 parameters, minus fc (dim·1000 + 1000).
+  v, (feats, _) = _shapes(models.create(name), jnp.zeros((1, 224, 224, 3)))
+  assert _count(v["params"]) == count
+  assert feats.shape == (1, dim)
+  # BN running statistics (mean, var per channel) are state, not parameters, as torch's buffers.
+  assert _count(v["batch_stats"]) == 2 * _count(_named(v["params"], "scale"))
+
+
+def test_batchnorm_train_eval_and_running_average():
+  model = models.ResNet(depth=18, width=8)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  v = jax.jit(functools.partial(model.init, train=False))(KEY, x)
+  evaluate = jax.jit(functools.partial(model.apply, train=False))
+  # Train mode normalises with batch statistics; the stem conv output is captured for the NumPy check.
+  step = jax.jit(functools.partial(model.apply, train=True, capture_intermediates=lambda m, _: m.name == "conv1",
+                                   mutable=["batch_stats", "intermediates"]))
+  # Default init (torchvision): every BN scale is 1, including the blocks' last.
+  assert all(np.all(s == 1.0) for s in _named(v["params"], "scale"))
+  out_eval = evaluate(v, x)
+  out_train, _ = step(v, x)
+  assert not np.allclose(out_eval, out_train, atol=1e-3)
+
+  # Two steps of the stem BN's running averages against NumPy: momentum 0.9 (PyTorch's 0.1), biased variance.
+  mean, var = np.zeros(8), np.ones(8)
+  variables = v
+  for i in range(2):
+    _, st = step(variables, x * (1.0 + i) + i)  # different batch statistics on each step
+    h = np.asarray(st["intermediates"]["conv1"]["__call__"][0], np.float64).reshape(-1, 8)
+    mean, var = 0.9 * mean + 0.1 * h.mean(0), 0.9 * var + 0.1 * h.var(0)
+    np.testing.assert_allclose(st["batch_stats"]["bn1"]["mean"], mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(st["batch_stats"]["bn1"]["var"], var, rtol=1e-4, atol=1e-6)
+    assert jax.tree.structure(st["batch_stats"]) == jax.tree.structure(v["batch_stats"])
+    variables = {"params": v["params"], "batch_stats": st["batch_stats"]}
+  # Eval mode follows the running statistics.
+  assert not np.allclose(out_eval, evaluate(variables, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("depth,last", [(18, "bn2"), (50, "bn3")])
+def test_zero_init_last_bn(depth, last):
+  model = models.ResNet(depth=depth, width=8, zero_init_last_bn=True)
+  params = jax.jit(functools.partial(model.init, train=False))(KEY, jnp.zeros((1, 32, 32, 3)))["params"]
+  blocks = [p for k, p in params.items() if k.startswith("layer")]
+  assert len(blocks) == sum(models.resnet.STAGES[depth])
+  for p in blocks:
+    assert np.all(p[last]["scale"] == 0.0)
+    others = [m["scale"] for k, m in p.items() if k != last and "scale" in m]  # bn1, bn2, downsample_bn
+    assert len(others) >= 1 and all(np.all(s == 1.0) for s in others)
+  assert np.all(params["bn1"]["scale"] == 1.0)
+
+
+def test_heads():
+  h1, h2 = jnp.ones((3, 64)), jnp.zeros((3, 64))
+  proj = models.ProjectionHead()
+  v = jax.jit(functools.partial(proj.init, train=False))(KEY, h1)
+  assert v["params"]["fc1"]["kernel"].shape == (64, 512)  # input size inferred
+  assert "bias" in v["params"]["fc1"] and "bias" not in v["params"]["fc2"]
+  assert set(v["batch_stats"]["bn"]) == {"mean", "var"}
+  z, _ = proj.apply(v, jnp.arange(3 * 64.0).reshape(3, 64), train=True, mutable=["batch_stats"])
+  assert z.shape == (3, 128)
+
+  rel = models.RelativeHead(out=2)
+  v = jax.jit(functools.partial(rel.init, train=False))(KEY, h1, h2)
+  assert v["params"]["mlp"]["fc1"]["kernel"].shape == (128, 1024)
+  assert v["params"]["mlp"]["fc2"]["kernel"].shape == (1024, 2) and "bias" not in v["params"]["mlp"]["fc2"]
+  assert rel.apply(v, h1, h2, train=False).shape == (3, 2)
+
+  probe = models.LinearProbe(out=63)
+  v = probe.init(KEY, h1)
+  assert probe.apply(v, h1).shape == (3, 63)
+  g = jax.grad(lambda x: probe.apply(v, x).sum())(h1)
+  assert np.all(g == 0)  # stop_gradient: the probe never trains the encoder
+  g = jax.grad(lambda x: models.LinearProbe(63, stop_gradient=False).apply(v, x).sum())(h1)
+  assert np.any(g != 0)
+
+
+def test_create_and_errors():
+  assert set(models.MODELS) == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+  assert models.create("resnet152", width=8).depth == 152
+  with pytest.raises(ValueError):
+    models.create("resnet20")
