@@ -19,7 +19,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from peclr_jax import hand
+from peclr_jax import hand, pretrain
 from peclr_jax.data import common, freihand, pipeline, synthetic
 
 
@@ -64,12 +64,9 @@ def main(argv=None):
   p.add_argument("--skip-pretrain", action="store_true", help="only render and check the data")
   args = p.parse_args(argv)
   try:
-    os.makedirs(args.workdir, exist_ok=True)
-    probe = os.path.join(args.workdir, ".write_test")
-    open(probe, "w").close()
-    os.remove(probe)
-  except OSError as e:
-    raise SystemExit(f"error: workdir {args.workdir!r} is not writable: {e}") from None
+    pretrain.check_workdir(args.workdir)
+  except pretrain.TrainingError as e:
+    raise SystemExit(f"error: {e}") from None
 
   t0 = time.perf_counter()
   wrote = synthetic.generate(args.data, args.train, args.eval, args.seed)
@@ -97,8 +94,6 @@ def main(argv=None):
 
 
 def pretrain_and_compare(args, t0):
-  from peclr_jax import pretrain
-
   config = pretrain.load_config(f"pretrain.py:{args.objective},cpu")
   config.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
   if args.steps:
