@@ -1,0 +1,176 @@
+"""FreiHAND metrics (reference §5): hand-computed cases, the all-zeros anchor and Procrustes properties."""
+
+import numpy as np
+import pytest
+from scipy.linalg import orthogonal_procrustes
+from scipy.spatial.transform import Rotation
+
+from peclr_jax import metrics
+
+
+def _hands(n=8, seed=0):
+  """Random non-planar 'hands' in metres: ~10 cm spread around a point ~0.7 m in front of the camera."""
+  rng = np.random.default_rng(seed)
+  return rng.normal(0, 0.04, (n, 21, 3)) + np.array([0.0, 0.0, 0.7])
+
+
+def _align_w_scale(mtx1, mtx2):
+  """The toolbox's `align_w_scale(gt, pred)` for one sample, line by line (`utils/eval_util.py`)."""
+  t1, t2 = mtx1.mean(0), mtx2.mean(0)
+  m1, m2 = mtx1 - t1, mtx2 - t2
+  s1, s2 = np.linalg.norm(m1) + 1e-8, np.linalg.norm(m2) + 1e-8
+  m1, m2 = m1 / s1, m2 / s2
+  r, s = orthogonal_procrustes(m1, m2)
+  return (m2 @ r.T) * s * s1 + t1
+
+
+def test_hand_computed_offsets():
+  gt = _hands(2)
+  # Sample 0 is off by (3, 4, 0) mm -> 5 mm everywhere; sample 1 by (0, 0, 1) mm -> 1 mm.
+  pred = gt + np.array([[[0.003, 0.004, 0.0]], [[0.0, 0.0, 0.001]]])
+  assert metrics.epe(pred, gt) == pytest.approx(0.003)
+  assert metrics.median_epe(pred, gt) == pytest.approx(0.003)  # median of {5, 1} mm per joint
+  np.testing.assert_allclose(metrics.per_joint_epe(pred, gt), 0.003)
+  valid = np.ones((2, 21), bool)
+  valid[1] = False
+  assert metrics.epe(pred, gt, valid) == pytest.approx(0.005)
+  # A pure translation is removed by either alignment (FreiHAND's 1e-8 norm guard leaves ~1e-8 m).
+  assert metrics.pa_epe(pred, gt) == pytest.approx(0.0, abs=1e-7)
+  assert metrics.pa_epe(pred, gt, "umeyama") == pytest.approx(0.0, abs=1e-9)
+
+
+def test_single_joint_error_and_per_joint_then_mean():
+  gt = _hands(2)
+  pred = gt.copy()
+  pred[:, 7, 0] += 0.021  # 21 mm on one joint of 21 -> 1 mm mean
+  assert metrics.epe(pred, gt) == pytest.approx(0.001)
+  pj = metrics.per_joint_epe(pred, gt)
+  assert pj[7] == pytest.approx(0.021) and np.allclose(np.delete(pj, 7), 0)
+  # Joint 7 visible only in sample 0: still the per-joint mean (21 mm) enters the mean over joints once.
+  valid = np.ones((2, 21), bool)
+  valid[1, 7] = False
+  assert metrics.epe(pred, gt, valid) == pytest.approx(0.001)
+  # A joint with no valid sample is skipped, not counted as 0.
+  valid[0, 7] = False
+  assert metrics.epe(pred, gt, valid) == pytest.approx(0.0)
+
+
+def test_epe_2d_pixels():
+  gt = np.zeros((2, 21, 2))
+  pred = gt + np.array([[[3.0, 4.0]], [[0.0, 1.0]]])
+  assert metrics.epe_2d(pred, gt) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("method", metrics.METHODS)
+def test_similarity_transform_is_removed(method):
+  gt = _hands(6, seed=1)
+  rng = np.random.default_rng(2)
+  r = Rotation.random(6, random_state=3).as_matrix()
+  s = rng.uniform(0.5, 2.0, (6, 1, 1))
+  t = rng.normal(0, 0.3, (6, 1, 3))
+  pred = s * gt @ np.swapaxes(r, 1, 2) + t
+  assert metrics.epe(pred, gt) > 0.01
+  # Tolerance covers FreiHAND's 1e-8 norm guard, which shrinks the recovered scale by ~1e-7 relative.
+  np.testing.assert_allclose(metrics.procrustes_align(pred, gt, method), gt, atol=1e-7)
+  assert metrics.pa_epe(pred, gt, method) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_freihand_variant_matches_toolbox_per_sample():
+  gt = _hands(5, seed=4)
+  pred = gt + np.random.default_rng(5).normal(0, 0.01, gt.shape)
+  want = np.stack([_align_w_scale(g, p) for g, p in zip(gt, pred)])
+  np.testing.assert_allclose(metrics.procrustes_align(pred, gt), want, atol=1e-12)
+  # For sane predictions both variants agree (reference §5).
+  np.testing.assert_allclose(metrics.procrustes_align(pred, gt, "umeyama"), want, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", metrics.METHODS)
+def test_all_zeros_anchor(method):
+  gt = _hands(4, seed=6)
+  zeros = np.zeros_like(gt)
+  # Zero prediction -> scale 0 -> aligned points at the GT centroid: error = mean distance of GT joints to it.
+  to_centroid = np.linalg.norm(gt - gt.mean(1, keepdims=True), axis=-1).mean(1)
+  aligned = metrics.procrustes_align(zeros, gt, method)
+  np.testing.assert_allclose(aligned, np.broadcast_to(gt.mean(1, keepdims=True), gt.shape), atol=1e-9)
+  per_sample = metrics.joint_dists(zeros, gt, aligned=True, method=method).mean(1)
+  np.testing.assert_allclose(per_sample, to_centroid, rtol=1e-9)
+  assert metrics.pa_epe(zeros, gt, method) == pytest.approx(to_centroid.mean())
+  # Unaligned, it is just the distance of each joint to the camera origin.
+  assert metrics.epe(zeros, gt) == pytest.approx(np.linalg.norm(gt, axis=-1).mean())
+
+
+def test_mirror_separates_variants():
+  gt = _hands(4, seed=7)
+  mirrored = gt * np.array([-1.0, 1.0, 1.0])
+  # FreiHAND's Procrustes may reflect, so the mirror image aligns exactly; Umeyama forbids it.
+  assert metrics.pa_epe(mirrored, gt, "freihand") == pytest.approx(0.0, abs=1e-7)
+  assert metrics.pa_epe(mirrored, gt, "umeyama") > 0.005
+
+
+def test_unknown_method_raises():
+  gt = _hands(1)
+  with pytest.raises(ValueError):
+    metrics.procrustes_align(gt, gt, "kabsch")
+
+
+def test_auc_perfect_and_hopeless():
+  gt = _hands(3)
+  assert metrics.auc(gt, gt) == pytest.approx(1.0)
+  t, pck, pj = metrics.pck_curve(gt, gt)
+  assert t.shape == (100,) and pck.shape == (100,) and pj.shape == (21, 100)
+  np.testing.assert_allclose(t, np.linspace(0, 0.05, 100))
+  assert pck[0] == 1.0  # zero error counts at t = 0 because PCK uses <=
+  assert metrics.auc(gt + np.array([0.0, 0.0, 0.06]), gt) == 0.0
+
+
+def test_pck_uses_less_equal():
+  t = np.linspace(0, 0.05, 100)
+  gt = np.zeros((1, 21, 3))
+  pred = gt.copy()
+  pred[0, :, 0] = t[40]  # distance exactly equal to threshold 40 (no rounding: |t - 0| = t)
+  _, pck, _ = metrics.pck_curve(pred, gt)
+  assert pck[40] == 1.0 and pck[39] == 0.0
+
+
+def test_auc_matches_direct_trapezoid():
+  rng = np.random.default_rng(8)
+  n = 200
+  gt = np.zeros((n, 21, 3))
+  # Error magnitudes spread over 0-70 mm, a different distribution per joint, along random directions.
+  d = rng.uniform(0, 0.07, (n, 21)) * np.linspace(0.5, 1.0, 21)
+  u = rng.normal(size=(n, 21, 3))
+  pred = gt + d[..., None] * u / np.linalg.norm(u, axis=-1, keepdims=True)
+  t = np.linspace(0.0, 0.05, 100)
+  want = np.mean([np.trapezoid([(d[:, j] <= x).mean() for x in t], t) / 0.05 for j in range(21)])
+  assert metrics.auc(pred, gt) == pytest.approx(want, abs=1e-9)
+  _, pck, pj = metrics.pck_curve(pred, gt)
+  np.testing.assert_allclose(pck, pj.mean(0))
+  # Uniform errors on [0, 50 mm] on every joint -> AUC ~ 1/2.
+  d = np.tile(np.linspace(0, 0.05, 1001)[:, None], (1, 21))
+  pred = np.zeros((1001, 21, 3))
+  pred[..., 0] = d
+  assert metrics.auc(pred, np.zeros_like(pred)) == pytest.approx(0.5, abs=2e-3)
+
+
+def test_joint_permutation_invariance():
+  gt = _hands(5, seed=9)
+  pred = gt + np.random.default_rng(10).normal(0, 0.008, gt.shape)
+  perm = np.random.default_rng(11).permutation(21)
+  for fn in (metrics.epe, metrics.pa_epe, metrics.median_epe, metrics.auc):
+    assert fn(pred[:, perm], gt[:, perm]) == pytest.approx(fn(pred, gt))
+  assert metrics.auc(pred, gt, aligned=True) == pytest.approx(metrics.auc(pred[:, perm], gt[:, perm], aligned=True))
+
+
+def test_summary_keys_and_units():
+  gt = _hands(3, seed=12)
+  pred = gt + np.array([0.003, 0.004, 0.0])  # 5 mm translation
+  uv = np.zeros((3, 21, 2))
+  s = metrics.summary(pred.astype(np.float32), gt, uv + np.array([3.0, 4.0]), uv)
+  assert set(s) == {"epe_mm", "pa_epe_mm", "auc", "pa_auc", "median_mm", "pa_median_mm", "per_joint_epe_mm",
+                    "pa_epe_umeyama_mm", "epe_2d_px"}
+  assert s["epe_mm"] == pytest.approx(5.0, abs=1e-4) and s["median_mm"] == pytest.approx(5.0, abs=1e-4)
+  assert s["pa_epe_mm"] == pytest.approx(0.0, abs=1e-3) and s["pa_epe_umeyama_mm"] == pytest.approx(0.0, abs=1e-3)
+  # Residuals of ~1e-8 m miss only the t = 0 threshold: half a trapezoid step of 99.
+  assert s["pa_auc"] == pytest.approx(1.0, abs=0.01) and 0.8 < s["auc"] < 0.95
+  assert len(s["per_joint_epe_mm"]) == 21 and s["epe_2d_px"] == pytest.approx(5.0)
+  assert "epe_2d_px" not in metrics.summary(pred, gt)
