@@ -1,14 +1,16 @@
-"""The main job on the embedded data: render, pretrain, and compare with a random-init encoder.
+"""The main job on the embedded data: render, pretrain, then linear-probe the encoder against a random-init one.
 
     python -m peclr_jax.main --workdir runs/main
 
 1. Renders the embedded synthetic hands (cached under --data), reads them back through the FreiHAND loader and
    the grain pipeline, prints label statistics and writes `contact_sheet.png` (16 images, xyz projected with K)
    and `crops.png` (pipeline crops, xyz projected with K' = T K).
-2. Pretrains with configs/pretrain.py:peclr,cpu (ResNet-18 at width 16, 64 px) in `<workdir>/pretrain`.
-3. Trains the same online probe on a frozen random-init encoder for as many steps (`<workdir>/random_init`).
-4. Reports both probes' 2D error (px of the 64 px crop) on the held-out evaluation split and plots loss, learning
-   rate and probe error (`curves.png`); `results.json` holds the numbers.
+2. Pretrains with configs/pretrain.py:peclr,cpu (ResNet-18 at width 16, 64 px) in `<workdir>/pretrain` and plots
+   loss, learning rate and the online probe (`curves.png`).
+3. The downstream protocol, configs/probe.py:linear,cpu: a linear layer on the frozen PeCLR encoder
+   (`<workdir>/linear_peclr`) and on a frozen random-init one (`<workdir>/linear_random_init`) regresses 2.5-D
+   keypoints; each is evaluated on the held-out split (2D EPE px, 3D EPE, PA-EPE, AUC; reports, PCK curves and
+   skeleton grids in its workdir) and `linear.md` / `results.json` compare them.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from peclr_jax import hand, pretrain
+from peclr_jax import evaluate, hand, pretrain, probe
 from peclr_jax.data import common, freihand, pipeline, synthetic
 
 
@@ -61,6 +63,7 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--objective", default="peclr", choices=("simclr", "peclr", "relative", "hybrid"))
   p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the cpu config's)")
+  p.add_argument("--probe-steps", type=int, default=None, help="linear-probe steps (default: the cpu config's)")
   p.add_argument("--skip-pretrain", action="store_true", help="only render and check the data")
   args = p.parse_args(argv)
   try:
@@ -98,47 +101,63 @@ def pretrain_and_compare(args, t0):
   config.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
   if args.steps:
     config.total_steps = args.steps
-  results = {}
-  for name, frozen in ((args.objective, False), ("random_init", True)):
+  t = time.perf_counter()
+  pre_dir = os.path.join(args.workdir, "pretrain")
+  r = pretrain.train(config, pre_dir)
+  results = {"pretrain": dict(
+      objective=args.objective, steps=int(r.state.step), seconds=round(time.perf_counter() - t, 1),
+      online_probe_eval_px=round(pretrain.evaluate_probe(config, r.state), 2),
+      curve=[(m["step"], m["loss"], m["lr"], m["probe_epe_px"]) for m in r.metrics])}
+
+  # The downstream protocol: a linear layer on the frozen encoder regresses 2.5-D keypoints; 3-D by the quadratic.
+  rows = []
+  for name, encoder in ((args.objective, pre_dir), ("random_init", "")):
+    c = pretrain.load_config("probe.py:linear,cpu")
+    c.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
+    c.encoder = encoder
+    if args.probe_steps:
+      c.total_steps = args.probe_steps
     t = time.perf_counter()
-    r = pretrain.train(config, os.path.join(args.workdir, "pretrain" if not frozen else "random_init"),
-                       freeze_encoder=frozen)
-    results[name] = dict(
-        steps=int(r.state.step), seconds=round(time.perf_counter() - t, 1),
-        train_probe_px=round(float(np.mean([m["probe_epe_px"] for m in r.metrics[-4:]])), 2),
-        eval_probe_px=round(pretrain.evaluate_probe(config, r.state), 2),
-        curve=[(m["step"], m["loss"], m["lr"], m["probe_epe_px"]) for m in r.metrics])
-  a, b = results[args.objective], results["random_init"]
-  plot(results, os.path.join(args.workdir, "curves.png"))
+    _, reports = probe.run(c, os.path.join(args.workdir, f"linear_{name}"))
+    m = reports["evaluation"]["metrics"]
+    rows.append(dict(encoder=name, probe_seconds=round(time.perf_counter() - t, 1),
+                     **{k: round(m[k], 4) for k in evaluate.TABLE_KEYS}))
+  results["linear"] = rows
+  plot(results["pretrain"], os.path.join(args.workdir, "curves.png"))
+  evaluate.write_table(rows, os.path.join(args.workdir, "linear"),
+                       "Linear probe on the frozen encoder, evaluation split")
   with open(os.path.join(args.workdir, "results.json"), "w") as f:
     json.dump(results, f)
-  size = config.augment.out_size
-  print(f"\nonline linear probe, 2D keypoint error on the held-out evaluation split (px of the {size} px crop):")
-  print(f"  {args.objective:>12} encoder: {a['eval_probe_px']:6.2f} px  (train views {a['train_probe_px']:.2f} px, "
-        f"{a['steps']} steps, {a['seconds']:.0f} s)")
-  print(f"  {'random-init':>12} encoder: {b['eval_probe_px']:6.2f} px  (train views {b['train_probe_px']:.2f} px, "
-        f"{b['seconds']:.0f} s)")
-  gain = 100 * (1 - a["eval_probe_px"] / b["eval_probe_px"])
-  print(f"  {args.objective} vs random init: {gain:+.1f} % lower error; plots in {args.workdir}/curves.png; "
-        f"total {time.perf_counter() - t0:.0f} s")
+  a, b = rows
+  pre = results["pretrain"]
+  print(f"\n{args.objective} pretraining: {pre['steps']} steps in {pre['seconds']:.0f} s; online probe "
+        f"{pre['online_probe_eval_px']:.2f} px on the evaluation split")
+  print(f"linear probe (configs/probe.py:linear,cpu) on the frozen encoder, evaluation split "
+        f"({config.augment.out_size} px crops):")
+  print(f"  {'encoder':>12} | 2D EPE px | PA-EPE mm | PA-AUC | 3D EPE mm")
+  for row in rows:
+    print(f"  {row['encoder']:>12} | {row['epe_2d_px']:9.2f} | {row['pa_epe_mm']:9.2f} | {row['pa_auc']:6.3f} | "
+          f"{row['epe_mm']:9.1f}")
+  gain = 100 * (1 - a["epe_2d_px"] / b["epe_2d_px"])
+  pa_gain = 100 * (1 - a["pa_epe_mm"] / b["pa_epe_mm"])
+  print(f"  {args.objective} vs random init: {gain:+.1f} % 2D error, {pa_gain:+.1f} % PA-EPE; "
+        f"{args.workdir}/linear.md, curves.png; total {time.perf_counter() - t0:.0f} s")
 
 
-def plot(results, path):
+def plot(r, path):
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for name, r in results.items():
-    step, loss, lr, probe = np.array(r["curve"]).T
-    axes[0].plot(step, loss, label=name)
-    axes[1].plot(step, lr, label=name)
-    axes[2].plot(step, probe, label=f"{name} (eval {r['eval_probe_px']:.2f} px)")
-  for ax, title in zip(axes, ("loss (objective + probe)", "learning rate", "online probe 2D error (px)")):
+  step, loss, lr, probe_px = np.array(r["curve"]).T
+  for ax, y, title in zip(axes, (loss, lr, probe_px), ("loss (objective + online probe)", "learning rate",
+                                                       "online probe 2D error (px, training views)")):
+    ax.plot(step, y)
     ax.set_title(title)
     ax.set_xlabel("step")
-    ax.legend()
+  fig.suptitle(f"{r['objective']} pretraining (eval online probe {r['online_probe_eval_px']:.2f} px)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -10,6 +10,8 @@ are taken over the (visible) samples of each joint, then averaged over joints, a
   median_mm          mean over joints of the per-joint median error, raw; pa_median_mm the same after alignment.
   per_joint_epe_mm   list of the 21 per-joint mean errors, raw.
   pa_epe_umeyama_mm  mean error after Umeyama alignment with the reflection fix (secondary metric).
+  rr_epe_mm          mean error after translating both poses to put the wrist at the origin (root-relative MPJPE,
+                     InterHand2.6M's protocol); separates the absolute-depth error from the pose error.
   epe_2d_px          mean 2-D joint error in pixels, only when `pred_uv` and `gt_uv` are given.
 """
 
@@ -107,6 +109,12 @@ def median_epe(pred, gt, valid=None, aligned: bool = False, method: str = "freih
   return float(np.nanmean(_per_joint(np.median, joint_dists(pred, gt, aligned, method), valid)))
 
 
+def rr_epe(pred, gt, valid=None, root: int = 0) -> float:
+  """Mean per-joint error after subtracting each pose's `root` joint (root-relative MPJPE); the root scores 0."""
+  pred, gt = _f64(pred), _f64(gt)
+  return epe(pred - pred[:, root:root + 1], gt - gt[:, root:root + 1], valid)
+
+
 def epe_2d(pred_uv, gt_uv, valid=None) -> float:
   """Mean per-joint 2-D error on [N, K, 2] pixel coordinates, in pixels."""
   return epe(pred_uv, gt_uv, valid)
@@ -143,6 +151,7 @@ def summary(pred, gt, pred_uv=None, gt_uv=None, valid=None) -> dict:
       "pa_median_mm": median_epe(pred, gt, valid, aligned=True) * mm,
       "per_joint_epe_mm": (per_joint_epe(pred, gt, valid) * mm).tolist(),
       "pa_epe_umeyama_mm": pa_epe(pred, gt, "umeyama", valid) * mm,
+      "rr_epe_mm": rr_epe(pred, gt, valid) * mm,
   }
   if pred_uv is not None and gt_uv is not None:
     out["epe_2d_px"] = epe_2d(pred_uv, gt_uv, valid)

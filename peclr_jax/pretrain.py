@@ -171,13 +171,13 @@ def make_train_step(config, model, tx, base_key):
     (loss, (m, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    m.update(loss=loss, lr=_lr(opt_state), grad_norm=_norm(grads), param_norm=_norm(params))
+    m.update(loss=loss, lr=_lr(opt_state), grad_norm=tree_norm(grads), param_norm=tree_norm(params))
     return TrainState(state.step + 1, params, batch_stats, opt_state), m
 
   return step_fn
 
 
-def _norm(tree):
+def tree_norm(tree):
   return optax.tree.norm(tree) if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm(tree)
 
 

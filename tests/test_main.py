@@ -29,16 +29,20 @@ def test_main_job_writes_sheets_and_summary(tmp_path, capsys):
   assert "cached" in capsys.readouterr().out
 
 
-def test_main_job_pretrains_and_compares_with_random_init(tmp_path, capsys):
+def test_main_job_pretrains_and_linear_probes_against_random_init(tmp_path, capsys):
   work = tmp_path / "work"
   main.main(["--workdir", str(work), "--data", str(tmp_path / "data"), "--train", "70", "--eval", "10",
-             "--steps", "2"])
+             "--steps", "2", "--probe-steps", "2"])
   out = capsys.readouterr().out
-  assert "random-init encoder" in out and "lower error" in out
+  assert "random_init |" in out and "PA-EPE" in out
   results = json.loads((work / "results.json").read_text())
-  assert set(results) == {"peclr", "random_init"}
-  for r in results.values():
-    assert r["steps"] == 2 and 0 < r["eval_probe_px"] < 64
+  assert results["pretrain"]["steps"] == 2 and 0 < results["pretrain"]["online_probe_eval_px"] < 64
+  assert [r["encoder"] for r in results["linear"]] == ["peclr", "random_init"]
+  for r in results["linear"]:
+    assert 0 < r["epe_2d_px"] < 64 and r["pa_epe_mm"] > 0 and 0 <= r["pa_auc"] <= 1
+  assert "| random_init |" in (work / "linear.md").read_text()
+  for name in ("linear_peclr", "linear_random_init"):
+    assert (work / name / "eval_evaluation.md").exists()
   with Image.open(work / "curves.png") as im:
     assert im.size[0] > 600
   assert (work / "pretrain" / "encoder" / "model.json").exists()

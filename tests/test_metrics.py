@@ -167,10 +167,26 @@ def test_summary_keys_and_units():
   uv = np.zeros((3, 21, 2))
   s = metrics.summary(pred.astype(np.float32), gt, uv + np.array([3.0, 4.0]), uv)
   assert set(s) == {"epe_mm", "pa_epe_mm", "auc", "pa_auc", "median_mm", "pa_median_mm", "per_joint_epe_mm",
-                    "pa_epe_umeyama_mm", "epe_2d_px"}
+                    "pa_epe_umeyama_mm", "rr_epe_mm", "epe_2d_px"}
   assert s["epe_mm"] == pytest.approx(5.0, abs=1e-4) and s["median_mm"] == pytest.approx(5.0, abs=1e-4)
   assert s["pa_epe_mm"] == pytest.approx(0.0, abs=1e-3) and s["pa_epe_umeyama_mm"] == pytest.approx(0.0, abs=1e-3)
+  assert s["rr_epe_mm"] == pytest.approx(0.0, abs=1e-3)
   # Residuals of ~1e-8 m miss only the t = 0 threshold: half a trapezoid step of 99.
   assert s["pa_auc"] == pytest.approx(1.0, abs=0.01) and 0.8 < s["auc"] < 0.95
   assert len(s["per_joint_epe_mm"]) == 21 and s["epe_2d_px"] == pytest.approx(5.0)
   assert "epe_2d_px" not in metrics.summary(pred, gt)
+
+
+def test_root_relative_epe_ignores_a_global_shift_but_not_a_rotation():
+  rng = np.random.default_rng(4)
+  gt = rng.normal(size=(6, 21, 3)) * 0.05 + [0, 0, 0.5]
+  shifted = gt + rng.normal(size=(6, 1, 3))
+  assert metrics.rr_epe(shifted, gt) == pytest.approx(0.0, abs=1e-12)
+  # One joint off by 3 mm in one sample: 3 mm / (6 samples) on that joint, / 21 joints.
+  off = gt.copy()
+  off[2, 7] += [0.003, 0, 0]
+  assert metrics.rr_epe(off, gt) == pytest.approx(0.003 / 6 / 21)
+  # Moving the wrist moves every other joint's root-relative position by the same amount (20 of 21 joints).
+  wrist = gt.copy()
+  wrist[:, 0] += [0, 0.004, 0]
+  assert metrics.rr_epe(wrist, gt) == pytest.approx(0.004 * 20 / 21)

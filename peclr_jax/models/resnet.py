@@ -115,8 +115,8 @@ class ResNet(nn.Module):
 MODELS = {f"resnet{d}": functools.partial(ResNet, depth=d) for d in STAGES}
 
 
-def create(name, **kw):
-  """`create("resnet50", width=8)` → ResNet(depth=50, width=8)."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-  return MODELS[name](**kw)
+def create(model, /, **kw):
+  """`create("resnet50", width=8)` → ResNet(depth=50, width=8); other keywords (e.g. a module `name`) pass on."""
+  if model not in MODELS:
+    raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+  return MODELS[model](**kw)

@@ -1,0 +1,91 @@
+"""Keypoint-regression configs: `--config=configs/probe.py:MODE[,SIZE]`.
+
+MODE: linear | mlp | finetune | scratch | label_fraction (see peclr_jax/probe.py). SIZE: full | cpu | tiny, with the
+encoder architecture and data of the same size in configs/pretrain.py, so a pretraining run's encoder fits as is.
+
+  python -m peclr_jax.pretrain --config=configs/pretrain.py:peclr,cpu --workdir=runs/peclr_cpu
+  python -m peclr_jax.probe --config=configs/probe.py:linear,cpu --config.encoder=runs/peclr_cpu \
+      --workdir=runs/linear_peclr
+  python -m peclr_jax.probe --config=configs/probe.py:linear,cpu --workdir=runs/linear_random   # random init
+  python -m peclr_jax.probe --config=configs/probe.py:scratch,cpu --workdir=runs/scratch
+
+Expected (2 CPU cores, embedded data, evaluation split; see the README's downstream section for the measured table):
+`cpu` runs 1,000 steps of batch 64 at 64 px; linear and MLP probes take about a minute, fine-tuning and scratch a few
+minutes. `full` is the reference's linear-evaluation recipe (ResNet-50, 128 px, batch 128, Adam 5e-4, wd 2e-4,
+cosine over 50 epochs) and needs an accelerator. `tiny` runs a few steps in seconds (tests).
+"""
+
+import os
+
+import ml_collections
+
+from peclr_jax import augment
+
+MODES = ("linear", "mlp", "finetune", "scratch", "label_fraction")
+SIZES = ("full", "cpu", "tiny")
+
+
+def _pretrain_config(size):
+  """configs/pretrain.py's config of this size (its data and encoder architecture are shared)."""
+  import importlib.util
+
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
+  spec = importlib.util.spec_from_file_location("_config_pretrain_for_probe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(f"peclr,{size}")
+
+
+def get_config(arg="linear"):
+  mode, _, size = (arg or "linear").partition(",")
+  size = size or "full"
+  if mode not in MODES or size not in SIZES:
+    raise ValueError(f"config arg {arg!r}: expected MODE[,SIZE] with MODE in {MODES}, SIZE in {SIZES}")
+  base = _pretrain_config(size)
+  c = ml_collections.ConfigDict()
+  c.mode = mode
+  c.encoder = ""  # a pretraining workdir (or its encoder/ export); empty = random init
+  c.seed = 0
+
+  c.data = base.data
+  c.data.label_fraction = 1.0  # fraction of labelled ids used (nested subsets, whole FreiHAND ids)
+  c.label_fractions = (0.01, 0.1, 1.0)  # mode label_fraction: one run per fraction
+  c.model = base.model  # must match the encoder's; checked when it is loaded
+
+  c.head = ml_collections.ConfigDict(dict(
+      kind="mlp" if mode == "mlp" else "linear",  # linear: Dense(63); mlp: Dense(hidden) -> BN -> ReLU -> Dense(63)
+      hidden=512,
+      feature_norm=True))  # affine-free BatchNorm on the features before the head (still linear at test time)
+  c.keypoints = ml_collections.ConfigDict(dict(
+      bone="middle",  # middle (FreiHAND's scale bone, 9->10) | index (Iqbal et al., 0->5)
+      root="wrist",  # wrist | palm (midpoint of wrist and middle MCP, the released models')
+      refine_root=False,  # the root-depth refinement MLP (reference §4.3)
+      depth_range=(4.0, 50.0),  # clamp of the closed-form root depth, in bone lengths (the reference's, middle bone)
+      w_uv=1.0, w_z=5.0, w_root=1.0))  # loss weights 2D : z_rel : root = 1 : 5 : 1
+
+  c.augment = augment.default_config()
+  c.augment.ops = ("rotate", "crop")  # the reference's --rotate --crop --resize; margin fixed, no colour
+  c.augment.margin = 1.25
+  c.augment.out_size = base.augment.out_size
+
+  c.optim = ml_collections.ConfigDict(dict(lr=5e-4, weight_decay=2e-4, warmup_steps=0))
+  c.batch_size = 128
+  c.num_epochs = 50.0
+  c.total_steps = -1  # > 0 overrides num_epochs
+  c.random_init_bn_steps = 50  # frozen random-init encoder: estimate BN statistics on this many training batches
+
+  c.log_every = 50
+  c.ckpt_every = 1000
+  c.keep_ckpts = 2
+
+  if size == "cpu":
+    c.batch_size, c.total_steps = 64, 1000
+    c.optim.lr = 1e-3
+    c.log_every, c.ckpt_every = 50, 500
+  elif size == "tiny":
+    c.batch_size, c.total_steps = 16, 4
+    c.head.hidden = 32
+    c.label_fractions = (0.25, 1.0)
+    c.random_init_bn_steps = 2
+    c.log_every, c.ckpt_every = 2, 2
+  return c

@@ -1,0 +1,214 @@
+"""Evaluates a keypoint-regression workdir exactly as the FreiHAND benchmark measures (reference §5).
+
+  python -m peclr_jax.evaluate --workdir=runs/linear_peclr [--split evaluation]
+
+Protocol: each image is cropped around its ground-truth keypoints at the training margin (no rotation, jitter or
+colour), the model predicts 2.5-D keypoints, and metric 3-D comes from the bone-length quadratic times the sample's
+reference-bone length (FreiHAND's `scale` for the middle bone, allowed at test time; otherwise the ground truth's).
+Writes to the workdir:
+  eval_<split>.json / .md   2D EPE (px of the crop), PA-EPE, PA-AUC (0-50 mm), root-relative EPE, 3D EPE, AUC,
+                            medians, per-joint errors
+  pck_<split>.png           3-D PCK curves, unaligned and Procrustes-aligned
+  skeletons_<split>.png     a grid of crops with ground-truth (white) and predicted (coloured) skeletons
+  pred_<split>.json / .zip  FreiHAND's submission format: [xyz_list, verts_list] in metres, FreiHAND joint order,
+                            source order; verts are empty lists (keypoints only). Submit the zip of the
+                            `evaluation` split, or score it locally with the toolbox's eval.py.
+"""
+
+import argparse
+import json
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from peclr_jax import augment, hand, metrics, pretrain, probe
+
+TABLE_KEYS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm", "epe_mm", "auc", "median_mm", "pa_median_mm")
+LABELS = {"epe_2d_px": "2D EPE (px)", "epe_mm": "3D EPE (mm)", "pa_epe_mm": "PA-EPE (mm)", "auc": "AUC 0-50 mm",
+          "rr_epe_mm": "root-relative EPE (mm)",
+          "pa_auc": "PA-AUC 0-50 mm", "median_mm": "median (mm)", "pa_median_mm": "PA median (mm)"}
+
+
+def predict_split(config, variables, split="evaluation", limit=None, batch_size=64, progress=False):
+  """Runs the model over a split; returns numpy arrays in source order (crop px for uv, metres for xyz)."""
+  src = pretrain.source(config.data, split)
+  aug = probe.eval_augment(config)
+  kp = config.keypoints
+  fn = probe.predictor(config, variables)
+
+  @jax.jit
+  def prepare(batch):
+    x, uv, K, _, _ = augment.augment(jax.random.key(0), batch, aug)
+    return x, uv, K
+
+  keys = ("index", "has_xyz", "valid", "scale")
+  out = {k: [] for k in ("uv", "z_rel", "xyz", "gt_uv", "gt_xyz", "K", "image", *keys)}
+  ds = pretrain.input_pipeline(config, src, shuffle=False, num_epochs=1, batch_size=batch_size, drop_remainder=False)
+  from tqdm import tqdm
+
+  n = 0
+  with tqdm(total=min(len(src), limit or len(src)), desc=f"evaluate {split}", disable=not progress) as bar:
+    for batch in ds:
+      if limit is not None and n >= limit:
+        break
+      x, uv, K = prepare({k: batch[k] for k in ("image", "uv", "K", "valid")})
+      pred = jax.device_get(fn(x, K))
+      # The bone's metric length: FreiHAND's `scale` when it is the middle bone and known, else the ground truth's.
+      s_gt = np.asarray(probe.targets(batch["xyz"], K, kp)["s"])
+      given = (batch["scale"] > 0) & (kp.bone == "middle")
+      if not np.all(given | batch["has_xyz"]):
+        raise probe.TrainingError(f"split {split!r}: sample {int(batch['index'][~(given | batch['has_xyz'])][0])} "
+                                  f"has neither 3-D labels nor a `scale` for the {kp.bone} bone, so its metric 3-D "
+                                  "is unknown (FreiHAND's scale files give the middle bone)")
+      s = np.where(given, batch["scale"], s_gt)
+      xyz = np.asarray(probe.reconstruct(pred, K, jnp.asarray(s), kp))
+      for k, v in (("uv", pred["uv"]), ("z_rel", pred["z_rel"]), ("xyz", xyz), ("gt_uv", uv),
+                   ("gt_xyz", batch["xyz"]), ("K", K), ("image", batch["image"]), *((k, batch[k]) for k in keys)):
+        out[k].append(np.asarray(v))
+      n += len(batch["index"])
+      bar.update(len(batch["index"]))
+  out = {k: np.concatenate(v)[:limit] for k, v in out.items()}
+  order = np.argsort(out["index"], kind="stable")
+  return {k: v[order] for k, v in out.items()}
+
+
+def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None):
+  """Scores a probe workdir on `split`; writes the report files and returns dict(metrics, paths, n)."""
+  config, variables = probe.restore(workdir, step)
+  p = predict_split(config, variables, split, limit, progress=progress)
+  labelled = p["has_xyz"].astype(bool)
+  paths = {}
+  result = dict(split=split, workdir=os.path.abspath(workdir), images=int(len(p["index"])),
+                labelled=int(labelled.sum()), mode=config.mode, encoder=config.encoder or None,
+                protocol=dict(crop=f"ground-truth keypoints, margin {config.augment.margin:.2f}, "
+                                   f"{config.augment.out_size} px",
+                              bone=config.keypoints.bone, root=config.keypoints.root,
+                              refine_root=bool(config.keypoints.refine_root),
+                              scale="FreiHAND scale file" if config.keypoints.bone == "middle" else "ground truth"))
+  if labelled.any():
+    valid = p["valid"][labelled]
+    gt = p["gt_xyz"][labelled]
+    m = metrics.summary(p["xyz"][labelled], gt, p["uv"][labelled], p["gt_uv"][labelled], valid=valid)
+    m["pa_per_joint_epe_mm"] = (metrics.per_joint_epe(p["xyz"][labelled], gt, valid, aligned=True) * 1000).tolist()
+    result["metrics"] = m
+    paths["pck"] = plot_pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split}.png"), m)
+  paths["skeletons"] = skeleton_grid(p, os.path.join(workdir, f"skeletons_{split}.png"))
+  paths.update(write_submission(p["xyz"], workdir, split))
+  base = os.path.join(workdir, f"eval_{split}")
+  paths["json"], paths["markdown"] = base + ".json", base + ".md"
+  result["paths"] = paths
+  with open(base + ".json", "w") as f:
+    json.dump(result, f, indent=1)
+  with open(base + ".md", "w") as f:
+    f.write(markdown(result))
+  return result
+
+
+def markdown(result):
+  lines = [f"# Evaluation of `{result['workdir']}` on `{result['split']}`", "",
+           f"{result['images']} images ({result['labelled']} with 3-D labels); mode {result['mode']}, encoder "
+           f"{result['encoder'] or 'random init'}.", "",
+           "Protocol: " + ", ".join(f"{k} {v}" for k, v in result["protocol"].items()) + ".", ""]
+  m = result.get("metrics")
+  if m is None:
+    return "\n".join(lines + ["No 3-D labels on this split: predictions only (pred json/zip).", ""])
+  lines += ["| metric | value |", "|---|---|"]
+  lines += [f"| {LABELS[k]} | {m[k]:.4f} |" if "auc" in k else f"| {LABELS[k]} | {m[k]:.2f} |" for k in TABLE_KEYS]
+  lines += [f"| PA-EPE, Umeyama with reflection fix (mm) | {m['pa_epe_umeyama_mm']:.2f} |", "",
+            "Per joint (mm):", "",
+            "| | " + " | ".join(hand.JOINT_NAMES) + " |", "|---|" + "---|" * len(hand.JOINT_NAMES),
+            "| EPE | " + " | ".join(f"{x:.1f}" for x in m["per_joint_epe_mm"]) + " |",
+            "| PA-EPE | " + " | ".join(f"{x:.1f}" for x in m["pa_per_joint_epe_mm"]) + " |", ""]
+  return "\n".join(lines)
+
+
+def write_table(rows, base, title):
+  """Rows of {name/fields..., metric keys} -> base.json and a Markdown table base.md."""
+  with open(base + ".json", "w") as f:
+    json.dump(rows, f, indent=1)
+  extra = [k for k in rows[0] if k not in TABLE_KEYS and k != "workdir"]
+  head = extra + [LABELS[k] for k in TABLE_KEYS]
+  lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [str(r[k]) for k in extra] + [f"{r[k]:.4f}" if "auc" in k else f"{r[k]:.2f}" for k in TABLE_KEYS]
+    lines.append("| " + " | ".join(cells) + " |")
+  with open(base + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def plot_pck(pred, gt, valid, path, m):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for aligned, name, auc in ((False, "unaligned", m["auc"]), (True, "Procrustes-aligned", m["pa_auc"])):
+    t, pck, _ = metrics.pck_curve(pred, gt, aligned=aligned, valid=valid)
+    ax.plot(t * 1000, pck, label=f"{name} (AUC {auc:.3f})")
+  ax.set_xlabel("threshold (mm)")
+  ax.set_ylabel("3D PCK")
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def skeleton_grid(p, path, n=16, cols=4):
+  """Crops with the ground-truth skeleton (white, thin) under the predicted one (finger colours)."""
+  from PIL import ImageDraw
+
+  n = min(n, len(p["image"]))
+  s = p["image"].shape[1]
+  up = max(1, 128 // s)  # small crops are enlarged so the skeletons stay readable
+  sheet = Image.new("RGB", (cols * s * up, -(-n // cols) * s * up))
+  for i in range(n):
+    im = Image.fromarray(p["image"][i]).resize((s * up, s * up), Image.BILINEAR)
+    draw = ImageDraw.Draw(im)
+    gt = p["gt_uv"][i] * up
+    for a, b in hand.BONES:
+      draw.line([tuple(gt[a]), tuple(gt[b])], fill=(255, 255, 255), width=1)
+    im = hand.draw_skeleton(im, p["uv"][i] * up, width=1)
+    sheet.paste(im, ((i % cols) * s * up, (i // cols) * s * up))
+  sheet.save(path)
+  return path
+
+
+def write_submission(xyz, workdir, split):
+  """FreiHAND's [xyz_list, verts_list] JSON (metres) and a zip holding it as pred.json."""
+  base = os.path.join(workdir, f"pred_{split}")
+  data = [np.asarray(xyz, np.float64).round(6).tolist(), [[] for _ in range(len(xyz))]]
+  with open(base + ".json", "w") as f:
+    json.dump(data, f)
+  with zipfile.ZipFile(base + ".zip", "w", zipfile.ZIP_DEFLATED) as z:
+    z.write(base + ".json", "pred.json")
+  return {"pred_json": base + ".json", "pred_zip": base + ".zip"}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, help="a probe workdir (python -m peclr_jax.probe)")
+  p.add_argument("--split", default="evaluation", choices=("evaluation", "training"))
+  p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  args = p.parse_args(argv)
+  from peclr_jax.data import common
+
+  try:
+    r = evaluate(args.workdir, args.split, args.limit, step=args.step)
+  except (probe.TrainingError, FileNotFoundError, common.DataError) as e:
+    raise SystemExit(f"error: {e}") from None
+  with open(r["paths"]["markdown"]) as f:
+    print(f.read())
+  print("wrote " + ", ".join(r["paths"].values()))
+
+
+if __name__ == "__main__":
+  main()
