@@ -121,7 +121,7 @@ def pretrain_and_compare(args, t0):
     _, reports = probe.run(c, os.path.join(args.workdir, f"linear_{name}"))
     m = reports["evaluation"]["metrics"]
     rows.append(dict(encoder=name, probe_seconds=round(time.perf_counter() - t, 1),
-                     **{k: round(m[k], 4) for k in evaluate.TABLE_KEYS}))
+                     **{k: m[k] for k in evaluate.TABLE_KEYS}))
   results["linear"] = rows
   plot(results["pretrain"], os.path.join(args.workdir, "curves.png"))
   evaluate.write_table(rows, os.path.join(args.workdir, "linear"),
@@ -138,9 +138,9 @@ def pretrain_and_compare(args, t0):
   for row in rows:
     print(f"  {row['encoder']:>12} | {row['epe_2d_px']:9.2f} | {row['pa_epe_mm']:9.2f} | {row['pa_auc']:6.3f} | "
           f"{row['epe_mm']:9.1f}")
-  gain = 100 * (1 - a["epe_2d_px"] / b["epe_2d_px"])
-  pa_gain = 100 * (1 - a["pa_epe_mm"] / b["pa_epe_mm"])
-  print(f"  {args.objective} vs random init: {gain:+.1f} % 2D error, {pa_gain:+.1f} % PA-EPE; "
+  change = 100 * (a["epe_2d_px"] / b["epe_2d_px"] - 1)
+  pa_change = 100 * (a["pa_epe_mm"] / b["pa_epe_mm"] - 1)
+  print(f"  {args.objective}'s errors relative to random init's: 2D {change:+.1f} %, PA-EPE {pa_change:+.1f} %; "
         f"{args.workdir}/linear.md, curves.png; total {time.perf_counter() - t0:.0f} s")
 
 

@@ -267,17 +267,36 @@ def train(config, workdir, freeze_encoder=False, progress=True, devices=None, st
 
   step_fn = jax.jit(make_train_step(config, model, tx, base_key), donate_argnums=(0,),
                     out_shardings=(state_sharding, repl))
-  writer = log.Writer(workdir)
+  desc = "random-init encoder, probe only" if freeze_encoder else f"pretrain {config.objective}"
+  state, rows = run_steps(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, stop_at=stop_at,
+                          desc=desc, progress=progress, views=2, postfix=dict(loss=".3f", probe_epe_px=".2f"),
+                          keys=DEVICE_KEYS)
+  if jax.process_index() == 0 and int(state.step) == steps and steps > start:
+    variables = jax.device_get({k: getattr(state, k)["encoder"] for k in ("params", "batch_stats")})
+    checkpoint.export_encoder(os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"],
+                              config.model.to_dict())
+  return Result(state, rows, workdir)
+
+
+def run_steps(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, *, stop_at=None, desc="", progress=True,
+              views=1, postfix=(), keys=DEVICE_KEYS):
+  """The host loop shared by the trainers: steps from state.step + 1 to `steps` (or `stop_at`).
+
+  Every `log_every` steps the step's measurements go to metrics.jsonl / TensorBoard (plus images_per_s, counting
+  `views` images per example); every `ckpt_every` steps and at the end, state + data iterator + config are saved.
+  Measurements are checked on the host before each log and save: NaN/inf stops with the step and the last good
+  checkpoint named. Returns (state, logged rows).
+  """
   from tqdm import tqdm
 
-  desc = "random-init encoder, probe only" if freeze_encoder else f"pretrain {config.objective}"
-  bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress,
-             dynamic_ncols=True)
+  start = int(state.step)
+  last = steps if stop_at is None else min(steps, stop_at)
+  writer = log.Writer(workdir)
+  bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
   rows, t_log, n_log = [], time.perf_counter(), 0
   try:
-    last = steps if stop_at is None else min(steps, stop_at)
     for step in range(start + 1, last + 1):
-      batch = {k: v for k, v in next(data_iter).items() if k in DEVICE_KEYS}
+      batch = {k: v for k, v in next(data_iter).items() if k in keys}
       state, m = step_fn(state, sharding.put_batch(batch, mesh))
       n_log += config.batch_size
       is_log, is_ckpt = step % config.log_every == 0 or step == last, step % config.ckpt_every == 0 or step == last
@@ -292,11 +311,11 @@ def train(config, workdir, freeze_encoder=False, progress=True, devices=None, st
               f"Last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
       if is_log:
         now = time.perf_counter()
-        m["images_per_s"] = 2 * n_log / (now - t_log)  # two views per example
+        m["images_per_s"] = views * n_log / (now - t_log)
         t_log, n_log = now, 0
         writer.write(step, m)
         rows.append({"step": step, **{k: float(v) for k, v in m.items()}})
-        bar.set_postfix(loss=f"{m['loss']:.3f}", probe_px=f"{m['probe_epe_px']:.2f}")
+        bar.set_postfix({k: format(m[k], f) for k, f in dict(postfix).items()})
       if is_ckpt:
         checkpoint.save(mngr, step, state, data_iter, config)
       bar.update(1)
@@ -304,11 +323,7 @@ def train(config, workdir, freeze_encoder=False, progress=True, devices=None, st
     bar.close()
     mngr.wait_until_finished()
     writer.close()
-  if jax.process_index() == 0 and int(state.step) == steps and steps > start:
-    variables = jax.device_get({k: getattr(state, k)["encoder"] for k in ("params", "batch_stats")})
-    checkpoint.export_encoder(os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"],
-                              config.model.to_dict())
-  return Result(state, rows, workdir)
+  return state, rows
 
 
 def evaluate_probe(config, state, split="evaluation", limit=None):

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 
 import flax.linen as nn
 import jax
@@ -33,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from peclr_jax import augment, checkpoint, geometry, log, optim, pretrain, sharding
+from peclr_jax import augment, checkpoint, geometry, optim, pretrain, sharding
 from peclr_jax.data import common, freihand
 from peclr_jax.models import heads, resnet
 
@@ -329,7 +328,7 @@ def train(config, workdir, progress=True, devices=None, stop_at=None):
   state_sharding = jax.tree.map(lambda _: repl, abstract)
 
   mngr = checkpoint.manager(workdir, keep=config.keep_ckpts)
-  step0, restored = checkpoint.restore(mngr, jax.tree.map(
+  _, restored = checkpoint.restore(mngr, jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding), data_iter)
   if restored is not None:
     state = restored
@@ -343,46 +342,13 @@ def train(config, workdir, progress=True, devices=None, stop_at=None):
     elif model.frozen and config.random_init_bn_steps > 0:
       state = calibrate_bn(model, state, config, src, config.random_init_bn_steps)
     _write_info(workdir, config, src)
-  start = int(state.step)
 
   step_fn = jax.jit(make_train_step(config, model, tx, sched, jax.random.key(config.seed)), donate_argnums=(0,),
                     out_shardings=(state_sharding, repl))
-  writer = log.Writer(workdir)
-  from tqdm import tqdm
-
   init_name = "random init" if not config.encoder else os.path.basename(os.path.normpath(config.encoder))
-  bar = tqdm(total=steps, initial=start, desc=f"{config.mode} ({init_name})", disable=not progress,
-             dynamic_ncols=True)
-  rows, t_log, n_log = [], time.perf_counter(), 0
-  try:
-    last = steps if stop_at is None else min(steps, stop_at)
-    for step in range(start + 1, last + 1):
-      batch = {k: v for k, v in next(data_iter).items() if k in DEVICE_KEYS}
-      state, m = step_fn(state, sharding.put_batch(batch, mesh))
-      n_log += config.batch_size
-      is_log, is_ckpt = step % config.log_every == 0 or step == last, step % config.ckpt_every == 0 or step == last
-      if is_log or is_ckpt:
-        m = jax.device_get(m)
-        bad = [k for k, v in m.items() if not np.isfinite(v)]
-        if bad:
-          kept = mngr.latest_step()
-          raise TrainingError(
-              f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
-              f"Last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
-      if is_log:
-        now = time.perf_counter()
-        m["images_per_s"] = n_log / (now - t_log)
-        t_log, n_log = now, 0
-        writer.write(step, m)
-        rows.append({"step": step, **{k: float(v) for k, v in m.items()}})
-        bar.set_postfix(loss=f"{m['loss']:.3f}", px=f"{m['epe_2d_px']:.2f}", mm=f"{m['epe_3d_mm']:.1f}")
-      if is_ckpt:
-        checkpoint.save(mngr, step, state, data_iter, config)
-      bar.update(1)
-  finally:
-    bar.close()
-    mngr.wait_until_finished()
-    writer.close()
+  state, rows = pretrain.run_steps(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, stop_at=stop_at,
+                                   desc=f"{config.mode} ({init_name})", progress=progress, keys=DEVICE_KEYS,
+                                   postfix=dict(loss=".3f", epe_2d_px=".2f", epe_3d_mm=".1f"))
   return Result(state, rows, workdir)
 
 
