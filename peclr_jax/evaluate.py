@@ -7,7 +7,8 @@ colour), the model predicts 2.5-D keypoints, and metric 3-D comes from the bone-
 reference-bone length (FreiHAND's `scale` for the middle bone, allowed at test time; otherwise the ground truth's).
 Writes to the workdir:
   eval_<split>.json / .md   2D EPE (px of the crop), PA-EPE, PA-AUC (0-50 mm), root-relative EPE, 3D EPE, AUC,
-                            medians, per-joint errors
+                            medians, per-joint errors, and the aligned errors of a constant prediction (the
+                            training labels' Procrustes mean pose): the floor a model that sees the image must beat
   pck_<split>.png           3-D PCK curves, unaligned and Procrustes-aligned
   skeletons_<split>.png     a grid of crops with ground-truth (white) and predicted (coloured) skeletons
   pred_<split>.json / .zip  FreiHAND's submission format: [xyz_list, verts_list] in metres, FreiHAND joint order,
@@ -95,7 +96,13 @@ def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None):
     m = metrics.summary(p["xyz"][labelled], gt, p["uv"][labelled], p["gt_uv"][labelled], valid=valid)
     m["pa_per_joint_epe_mm"] = (metrics.per_joint_epe(p["xyz"][labelled], gt, valid, aligned=True) * 1000).tolist()
     result["metrics"] = m
-    paths["pck"] = plot_pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split}.png"), m)
+    anchor = training_mean_pose(config)
+    if anchor is not None:  # what a constant hand would score: the floor any image-based model must beat
+      const = np.broadcast_to(anchor, gt.shape)
+      result["mean_pose_baseline"] = dict(pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
+                                          pa_auc=metrics.auc(const, gt, aligned=True, valid=valid))
+    paths["pck"] = plot_pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split}.png"), m,
+                            None if anchor is None else const)
   paths["skeletons"] = skeleton_grid(p, os.path.join(workdir, f"skeletons_{split}.png"))
   paths.update(write_submission(p["xyz"], workdir, split))
   base = os.path.join(workdir, f"eval_{split}")
@@ -108,6 +115,15 @@ def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None):
   return result
 
 
+def training_mean_pose(config):
+  """The Procrustes mean of the training labels when the source holds them in memory (FreiHAND layout), else None."""
+  src = pretrain.source(config.data, "training")
+  xyz = getattr(src, "xyz", None)
+  if xyz is None:
+    return None
+  return metrics.mean_pose(xyz[getattr(src, "ids", slice(None))])
+
+
 def markdown(result):
   lines = [f"# Evaluation of `{result['workdir']}` on `{result['split']}`", "",
            f"{result['images']} images ({result['labelled']} with 3-D labels); mode {result['mode']}, encoder "
@@ -118,7 +134,12 @@ def markdown(result):
     return "\n".join(lines + ["No 3-D labels on this split: predictions only (pred json/zip).", ""])
   lines += ["| metric | value |", "|---|---|"]
   lines += [f"| {LABELS[k]} | {m[k]:.4f} |" if "auc" in k else f"| {LABELS[k]} | {m[k]:.2f} |" for k in TABLE_KEYS]
-  lines += [f"| PA-EPE, Umeyama with reflection fix (mm) | {m['pa_epe_umeyama_mm']:.2f} |", "",
+  lines += [f"| PA-EPE, Umeyama with reflection fix (mm) | {m['pa_epe_umeyama_mm']:.2f} |"]
+  if "mean_pose_baseline" in result:
+    b = result["mean_pose_baseline"]
+    lines += [f"| anchor: constant mean training pose, PA-EPE (mm) / PA-AUC | {b['pa_epe_mm']:.2f} / "
+              f"{b['pa_auc']:.4f} |"]
+  lines += ["",
             "Per joint (mm):", "",
             "| | " + " | ".join(hand.JOINT_NAMES) + " |", "|---|" + "---|" * len(hand.JOINT_NAMES),
             "| EPE | " + " | ".join(f"{x:.1f}" for x in m["per_joint_epe_mm"]) + " |",
@@ -140,7 +161,7 @@ def write_table(rows, base, title):
     f.write("\n".join(lines) + "\n")
 
 
-def plot_pck(pred, gt, valid, path, m):
+def plot_pck(pred, gt, valid, path, m, const=None):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -150,6 +171,9 @@ def plot_pck(pred, gt, valid, path, m):
   for aligned, name, auc in ((False, "unaligned", m["auc"]), (True, "Procrustes-aligned", m["pa_auc"])):
     t, pck, _ = metrics.pck_curve(pred, gt, aligned=aligned, valid=valid)
     ax.plot(t * 1000, pck, label=f"{name} (AUC {auc:.3f})")
+  if const is not None:
+    t, pck, _ = metrics.pck_curve(const, gt, aligned=True, valid=valid)
+    ax.plot(t * 1000, pck, "k--", lw=1, label="constant mean pose, aligned")
   ax.set_xlabel("threshold (mm)")
   ax.set_ylabel("3D PCK")
   ax.set_ylim(0, 1)

@@ -115,6 +115,20 @@ def rr_epe(pred, gt, valid=None, root: int = 0) -> float:
   return epe(pred - pred[:, root:root + 1], gt - gt[:, root:root + 1], valid)
 
 
+def mean_pose(xyz, iters: int = 5) -> np.ndarray:
+  """Generalised-Procrustes mean [K, D] of poses [N, K, D]: the constant prediction a PA metric is kindest to.
+
+  Starts from the mean of root-centred poses, then repeatedly aligns every pose to the mean (FreiHAND's similarity
+  alignment) and re-averages. Its PA-EPE is the "no image information" anchor for aligned metrics.
+  """
+  x = _f64(xyz)
+  x = x - x.mean(1, keepdims=True)
+  mean = x.mean(0)
+  for _ in range(iters):
+    mean = procrustes_align(x, np.broadcast_to(mean, x.shape)).mean(0)
+  return mean
+
+
 def epe_2d(pred_uv, gt_uv, valid=None) -> float:
   """Mean per-joint 2-D error on [N, K, 2] pixel coordinates, in pixels."""
   return epe(pred_uv, gt_uv, valid)

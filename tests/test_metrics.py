@@ -190,3 +190,16 @@ def test_root_relative_epe_ignores_a_global_shift_but_not_a_rotation():
   wrist = gt.copy()
   wrist[:, 0] += [0, 0.004, 0]
   assert metrics.rr_epe(wrist, gt) == pytest.approx(0.004 * 20 / 21)
+
+
+def test_mean_pose_of_similar_copies_is_that_pose():
+  """Rotated, scaled and shifted copies of one hand average (after alignment) to that hand's shape."""
+  hand = _hands(1, seed=3)[0]
+  rots = Rotation.random(7, random_state=1).as_matrix()
+  copies = np.stack([s * hand @ r.T + t for r, s, t in zip(rots, np.linspace(0.5, 2, 7), np.arange(7) * 0.1)])
+  mean = metrics.mean_pose(copies)
+  assert metrics.pa_epe(np.broadcast_to(mean, copies.shape), copies) == pytest.approx(0.0, abs=1e-7)
+  # With different hands it is a compromise: better (aligned) than any one of them used for all.
+  others = _hands(20, seed=4)
+  m = metrics.pa_epe(np.broadcast_to(metrics.mean_pose(others), others.shape), others)
+  assert m < min(metrics.pa_epe(np.broadcast_to(h, others.shape), others) for h in others)

@@ -142,7 +142,9 @@ def test_round_trip_reports_match_an_independent_computation(linear_run, data_ro
   pck = (d[..., None] <= t).mean(0)  # [21, T]
   np.testing.assert_allclose(m["auc"], np.mean(np.trapezoid(pck, t, axis=-1) / 0.05), atol=1e-3)
   with open(os.path.join(workdir, "eval_evaluation.json")) as f:
-    assert json.load(f)["metrics"]["pa_epe_mm"] == pytest.approx(m["pa_epe_mm"])
+    saved = json.load(f)
+  assert saved["metrics"]["pa_epe_mm"] == pytest.approx(m["pa_epe_mm"])
+  assert 0 < saved["mean_pose_baseline"]["pa_epe_mm"] < 100 and 0 < saved["mean_pose_baseline"]["pa_auc"] < 1
   with open(os.path.join(workdir, "eval_evaluation.md")) as f:
     assert f"| PA-EPE (mm) | {m['pa_epe_mm']:.2f} |" in f.read()
   # The predicted depth is the bone-length quadratic's (the middle bone has FreiHAND's scale) or, where that root
