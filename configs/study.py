@@ -1,0 +1,48 @@
+"""Study configs: `python -m peclr_jax.study --config=configs/study.py:STUDY[,SIZE] --workdir=runs/STUDY`.
+
+STUDY: ablation (per-augmentation x objective, linear protocol), composition (combinations of >= 2 augmentations,
+each with its best objective from the ablation), supervised (scratch vs PeCLR + fine-tune per ResNet depth and label
+fraction). SIZE: cpu (reduced, for 2 cores), tiny (tests), full (the papers' scale; needs an accelerator).
+
+  python -m peclr_jax.study --config=configs/study.py:ablation,cpu --workdir=runs/ablation
+  python -m peclr_jax.study --config=configs/study.py:composition,cpu --workdir=runs/composition \
+      --config.best_from=runs/ablation/best_objectives.json
+
+Each run is a pretrain or probe command with the overrides below (see `<workdir>/commands.sh`); re-running the
+command resumes. Results: `<workdir>/results.{md,json,png}`.
+"""
+
+import ml_collections
+
+STUDIES = ("ablation", "composition", "supervised")
+SIZES = ("full", "cpu", "tiny")
+
+
+def get_config(arg="ablation,cpu"):
+  study, _, size = (arg or "ablation,cpu").partition(",")
+  size = size or "cpu"
+  if study not in STUDIES or size not in SIZES:
+    raise ValueError(f"config arg {arg!r}: expected STUDY[,SIZE] with STUDY in {STUDIES}, SIZE in {SIZES}")
+  c = ml_collections.ConfigDict()
+  c.study, c.size = study, size
+  c.parallel = 1  # runs at once (separate processes)
+  c.dry_run = False  # write commands.sh and the (partial) results only
+  c.data_overrides = ()  # ((key, value), ...) applied to every run, e.g. (("data.root", "/data/freihand"),)
+  c.pretrain_steps = {"full": -1, "cpu": 300, "tiny": 2}[size]  # -1: the pretraining config's epochs
+  c.probe_steps = {"full": -1, "cpu": 500, "tiny": 2}[size]
+  c.probe_mode = "linear"
+  # Study 1.
+  c.augmentations = ("crop", "scale", "rotate", "color_jitter", "color_drop", "blur", "noise", "cut_out", "sobel")
+  c.objectives = ("simclr", "peclr", "relative")
+  # Study 2: study 1's choice per augmentation ("aug=objective,..." or the ablation's best_objectives.json).
+  c.best = ""
+  c.best_from = "runs/ablation/best_objectives.json"
+  # Study 4.
+  c.models = ("resnet18", "resnet50", "resnet152") if size == "full" else ("resnet18", "resnet50")
+  c.ops = ("rotate", "crop", "scale", "color_jitter")
+  c.label_fractions = (0.01, 0.1, 1.0)
+  if size == "tiny":
+    c.augmentations = ("crop", "color_jitter")
+    c.models = ("resnet18",)
+    c.label_fractions = (0.5, 1.0)
+  return c

@@ -1,0 +1,322 @@
+"""Studies: the papers' experiments as sets of runs (pretrain -> probe), run in order, resumed, and tabulated.
+
+  python -m peclr_jax.study --config=configs/study.py:ablation,cpu --workdir=runs/ablation
+
+A study is a list of runs, each one command of the package's own CLIs (`python -m peclr_jax.pretrain|probe
+--config=... --config.key=value ... --workdir=<study>/<run>`), written to `<workdir>/commands.sh` so any run can be
+repeated by hand. A run is finished when its output exists (pretraining: `encoder/model.json`; a probe:
+`eval_evaluation.json`) and is then skipped; a half-finished run resumes from its own checkpoint, so re-running the
+study command after a crash or preemption continues where it stopped. `--config.parallel=N` runs up to N runs at once
+(a probe starts when its encoder is ready); a failed run is reported and the independent runs go on. When every run
+is done, the probe results are gathered into `results.json`, `results.md` and the study's plots.
+"""
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+GEOMETRIC = ("crop", "scale", "rotate")  # PeCLR undoes these in latent space (crop = translation)
+RELATIVE = ("crop", "scale", "rotate", "color_jitter")  # the relative objective's heads
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str  # the run's directory under the study workdir
+  kind: str  # "pretrain" | "probe"
+  config: str  # e.g. "pretrain.py:simclr,cpu" (a file in configs/)
+  overrides: tuple = ()  # ((config key, value), ...)
+  needs: str = ""  # for a probe: the pretraining run whose encoder it loads ("" = none)
+  tags: tuple = ()  # ((column, value), ...) for the results table
+
+  def workdir(self, root):
+    return os.path.join(root, self.name)
+
+  def done(self, root):
+    out = "encoder/model.json" if self.kind == "pretrain" else "eval_evaluation.json"
+    return os.path.isfile(os.path.join(self.workdir(root), out))
+
+  def command(self, root):
+    overrides = list(self.overrides)
+    if self.needs:
+      overrides.append(("encoder", os.path.join(root, self.needs)))
+    return [sys.executable, "-m", f"peclr_jax.{self.kind}", f"--config={os.path.join(CONFIGS, self.config)}",
+            *(f"--config.{k}={_flag(v)}" for k, v in overrides), f"--workdir={self.workdir(root)}"]
+
+
+def _flag(v):
+  """A config override as config_flags parses it: tuples as Python literals, the rest as text."""
+  if isinstance(v, (tuple, list)):
+    return "(" + "".join(f"{x!r}," for x in v) + ")"
+  return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The studies.
+# ---------------------------------------------------------------------------------------------------------------
+def _pretrain_overrides(cfg, objective, ops):
+  """Overrides for pretraining `objective` with exactly the augmentations `ops`."""
+  o = [("augment.ops", tuple(ops)), ("total_steps", cfg.pretrain_steps), *cfg.data_overrides]
+  if objective == "peclr":
+    o.append(("peclr.transforms", tuple(op for op in ops if op in GEOMETRIC)))
+  if objective == "relative":
+    o.append(("relative.transforms", tuple(op for op in ops if op in RELATIVE)))
+  return o
+
+
+def _probe(cfg, name, needs, tags, mode=None):
+  mode = mode or cfg.probe_mode
+  return Run(name, "probe", f"probe.py:{mode},{cfg.size}", (("total_steps", cfg.probe_steps), *cfg.data_overrides),
+             needs=needs, tags=tags)
+
+
+def ablation(cfg):
+  """Study 1 (seed 000 §4.2): one augmentation at a time x objective, then the linear protocol; plus random init.
+
+  PeCLR differs from SimCLR only on geometric augmentations, so appearance-only ones are run with SimCLR alone, and the
+  relative objective exists for crop / scale / rotate / colour jitter.
+  """
+  runs = []
+  for aug in cfg.augmentations:
+    for objective in cfg.objectives:
+      if (objective == "peclr" and aug not in GEOMETRIC) or (objective == "relative" and aug not in RELATIVE):
+        continue
+      tags = (("augmentation", aug), ("objective", objective))
+      pre = f"pretrain_{objective}_{aug}"
+      runs.append(Run(pre, "pretrain", f"pretrain.py:{objective},{cfg.size}",
+                      tuple(_pretrain_overrides(cfg, objective, (aug,))), tags=tags))
+      runs.append(_probe(cfg, f"probe_{objective}_{aug}", pre, tags))
+  runs.append(_probe(cfg, "probe_random_init", "", (("augmentation", "-"), ("objective", "random init"))))
+  return runs
+
+
+def composition(cfg):
+  """Study 2 (seed 000 §4.3): every combination of >= 2 augmentations, each with its best objective from study 1.
+
+  `cfg.best` ("crop=peclr,rotate=peclr,...") or else the file `cfg.best_from` (study 1's `best_objectives.json`) maps
+  augmentation -> objective; the pretraining objective
+  of a combination is PeCLR if any member's best is PeCLR, else relative if any is relative, else SimCLR, and PeCLR /
+  relative act on the members whose best they are (the others are plain invariances).
+  """
+  import itertools
+
+  best = parse_best(cfg.best, cfg.best_from)
+  runs = []
+  for k in range(2, len(best) + 1):
+    for combo in itertools.combinations(sorted(best), k):
+      objs = {best[a] for a in combo}
+      objective = "peclr" if "peclr" in objs else "relative" if "relative" in objs else "simclr"
+      o = [("augment.ops", combo), ("total_steps", cfg.pretrain_steps), *cfg.data_overrides]
+      if objective == "peclr":
+        o.append(("peclr.transforms", tuple(a for a in combo if best[a] == "peclr")))
+      if objective == "relative" or (objective == "peclr" and "relative" in objs):
+        if objective == "peclr":  # PeCLR + relative heads: the hybrid objective
+          objective = "hybrid"
+        o.append(("relative.transforms", tuple(a for a in combo if best[a] == "relative")))
+      name = "+".join(combo)
+      tags = (("augmentations", name), ("objective", objective))
+      runs.append(Run(f"pretrain_{name}", "pretrain", f"pretrain.py:{objective},{cfg.size}", tuple(o), tags=tags))
+      runs.append(_probe(cfg, f"probe_{name}", f"pretrain_{name}", tags))
+  return runs
+
+
+def parse_best(text, path):
+  if text:
+    try:
+      best = dict(item.split("=") for item in text.split(","))
+    except ValueError:
+      raise ValueError(f"config.best={text!r}: expected aug=objective,aug=objective,...") from None
+  elif os.path.isfile(path):
+    with open(path) as f:
+      best = json.load(f)
+  else:
+    raise ValueError(f"composition needs study 1's choices: config.best_from={path!r} does not exist (run the ablation "
+                     "study first, or set --config.best=crop=peclr,rotate=peclr,...)")
+  bad = {a: o for a, o in best.items() if a not in RELATIVE + ("color_drop", "blur", "noise", "cut_out", "sobel")
+         or o not in ("simclr", "peclr", "relative")}
+  if bad or len(best) < 2:
+    raise ValueError(f"composition: bad or too few augmentation=objective pairs {best}")
+  return best
+
+
+def supervised(cfg):
+  """Study 4 (§4.5 and PeCLR): from scratch vs PeCLR-pretrained + fine-tuned per encoder depth, and label fractions."""
+  runs = []
+  for model in cfg.models:
+    m = (("model.name", model),)
+    pre = f"pretrain_peclr_{model}"
+    runs.append(Run(pre, "pretrain", f"pretrain.py:peclr,{cfg.size}",
+                    tuple(_pretrain_overrides(cfg, "peclr", cfg.ops)) + m, tags=(("model", model),)))
+    for fraction in cfg.label_fractions:
+      for init, needs in (("scratch", ""), ("PeCLR", pre)):
+        mode = "finetune" if needs else "scratch"
+        tags = (("model", model), ("init", init), ("labels", f"{100 * fraction:g} %"))
+        runs.append(Run(f"{mode}_{model}_{100 * fraction:g}pct", "probe", f"probe.py:{mode},{cfg.size}",
+                        (("total_steps", cfg.probe_steps), ("data.label_fraction", fraction), *m,
+                         *cfg.data_overrides), needs=needs, tags=tags))
+  return runs
+
+
+STUDIES = {"ablation": ablation, "composition": composition, "supervised": supervised}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running.
+# ---------------------------------------------------------------------------------------------------------------
+def execute(runs, root, parallel=1, log=print, poll=1.0):
+  """Runs what is not done yet, respecting `needs`; returns the names of runs that failed."""
+  pending = [r for r in runs if not r.done(root)]
+  for r in runs:
+    if r.done(root):
+      log(f"[done]    {r.name}")
+  failed, active = [], {}
+  while pending or active:
+    blocked = {r.name for r in pending} | set(active) | set(failed)
+    ready = [r for r in pending if r.needs not in blocked]
+    # A run whose encoder failed can never start.
+    for r in [r for r in pending if r.needs in failed]:
+      pending.remove(r)
+      failed.append(r.name)
+      log(f"[skipped] {r.name}: its encoder run {r.needs} failed")
+    while ready and len(active) < parallel:
+      r = ready.pop(0)
+      pending.remove(r)
+      os.makedirs(r.workdir(root), exist_ok=True)
+      out = open(os.path.join(r.workdir(root), "run.log"), "a")
+      log(f"[start]   {r.name}: {shlex.join(r.command(root))}")
+      active[r.name] = (r, subprocess.Popen(r.command(root), stdout=out, stderr=subprocess.STDOUT), out,
+                        time.perf_counter())
+    for name, (r, proc, out, t0) in list(active.items()):
+      if proc.poll() is None:
+        continue
+      out.close()
+      del active[name]
+      if proc.returncode == 0 and r.done(root):
+        log(f"[ok]      {name} ({time.perf_counter() - t0:.0f} s)")
+      else:
+        failed.append(name)
+        log(f"[failed]  {name} (exit {proc.returncode}); see {os.path.join(r.workdir(root), 'run.log')}")
+    if active:
+      time.sleep(poll)
+  return failed
+
+
+def write_commands(runs, root):
+  with open(os.path.join(root, "commands.sh"), "w") as f:
+    f.write("# The study's runs, in order; each resumes from its own checkpoint.\n")
+    for r in runs:
+      f.write(shlex.join(r.command(root)) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------------------------------------------
+METRICS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm")
+
+
+def gather(runs, root):
+  """One row per finished probe run: its tags, the metrics of `eval_evaluation.json` and its wall time."""
+  rows = []
+  for r in runs:
+    if r.kind != "probe" or not r.done(root):
+      continue
+    with open(os.path.join(r.workdir(root), "eval_evaluation.json")) as f:
+      m = json.load(f)["metrics"]
+    rows.append({"run": r.name, **dict(r.tags), **{k: m[k] for k in METRICS}})
+  return rows
+
+
+def best_objectives(rows, metric="epe_2d_px"):
+  """augmentation -> the objective with the lowest `metric` (study 1's rows), the input of study 2."""
+  best = {}
+  for row in rows:
+    a = row.get("augmentation")
+    if a in (None, "-"):
+      continue
+    if a not in best or row[metric] < best[a][1]:
+      best[a] = (row["objective"], row[metric])
+  return {a: o for a, (o, _) in best.items()}
+
+
+def markdown(rows, title, sort=None):
+  if not rows:
+    return f"# {title}\n\nNo finished runs yet.\n"
+  if sort:
+    rows = sorted(rows, key=lambda r: r[sort])
+  cols = [k for k in rows[0] if k != "run"] + ["run"]
+  fmt = lambda k, v: f"{v:.4f}" if k == "pa_auc" else f"{v:.2f}" if isinstance(v, float) else str(v)
+  lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  lines += ["| " + " | ".join(fmt(k, r[k]) for k in cols) + " |" for r in rows]
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, path, group, series):
+  """Grouped bars of 2D EPE and PA-EPE: one group per `group` value, one bar per `series` value."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  groups = list(dict.fromkeys(r[group] for r in rows))
+  names = list(dict.fromkeys(r[series] for r in rows))
+  fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(groups) * 2), 3.8))
+  w = 0.8 / max(len(names), 1)
+  for ax, metric, label in zip(axes, ("epe_2d_px", "pa_epe_mm"), ("2D EPE (px)", "PA-EPE (mm)")):
+    for i, n in enumerate(names):
+      vals = [next((r[metric] for r in rows if r[group] == g and r[series] == n), np.nan) for g in groups]
+      ax.bar(np.arange(len(groups)) + i * w, vals, w, label=n)
+    ax.set_xticks(np.arange(len(groups)) + w * (len(names) - 1) / 2, groups, rotation=30, ha="right")
+    ax.set_ylabel(label)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def report(cfg, runs, root):
+  rows = gather(runs, root)
+  with open(os.path.join(root, "results.json"), "w") as f:
+    json.dump(dict(study=cfg.study, size=cfg.size, rows=rows), f, indent=1)
+  title = {"ablation": "Per-augmentation ablation, linear protocol", "composition": "Composition search",
+           "supervised": "Supervised comparison"}[cfg.study]
+  with open(os.path.join(root, "results.md"), "w") as f:
+    f.write(markdown(rows, f"{title} ({cfg.size})", sort="epe_2d_px"))
+  if rows:
+    group, series = {"ablation": ("augmentation", "objective"), "composition": ("augmentations", "objective"),
+                     "supervised": ("labels", "init")}[cfg.study]
+    plot(rows, os.path.join(root, "results.png"), group, series)
+  if cfg.study == "ablation":
+    with open(os.path.join(root, "best_objectives.json"), "w") as f:
+      json.dump(best_objectives(rows), f, indent=1)
+  return rows
+
+
+def main(argv=None):
+  from peclr_jax import pretrain
+
+  cfg, root = pretrain.parse_flags(argv, "configs/study.py:STUDY[,SIZE]")
+  root = os.path.abspath(root)
+  if cfg.study not in STUDIES:
+    raise SystemExit(f"error: config.study={cfg.study!r}: expected one of {sorted(STUDIES)}")
+  try:
+    pretrain.check_workdir(root)
+    runs = STUDIES[cfg.study](cfg)
+  except (pretrain.TrainingError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  write_commands(runs, root)
+  t0 = time.perf_counter()
+  failed = [] if cfg.dry_run else execute(runs, root, cfg.parallel)
+  rows = report(cfg, runs, root)
+  print(f"{len(rows)} results in {root}/results.md ({time.perf_counter() - t0:.0f} s)")
+  if failed:
+    raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+  main()

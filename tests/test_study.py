@@ -1,0 +1,108 @@
+"""The study runner: what each study runs, the scheduler (dependencies, failures, parallel), resume, and results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from peclr_jax import study
+from peclr_jax.pretrain import load_config
+
+
+def cfg(name, **overrides):
+  c = load_config(f"study.py:{name},tiny")
+  c.update(overrides)
+  return c
+
+
+def test_ablation_runs_each_augmentation_with_the_objectives_that_differ():
+  runs = study.ablation(cfg("ablation", augmentations=("crop", "rotate", "color_jitter", "blur")))
+  pre = {r.name: dict(r.overrides) for r in runs if r.kind == "pretrain"}
+  # PeCLR only for geometric augmentations, relative only for those with a head; SimCLR for all.
+  assert set(pre) == {"pretrain_simclr_crop", "pretrain_peclr_crop", "pretrain_relative_crop",
+                      "pretrain_simclr_rotate", "pretrain_peclr_rotate", "pretrain_relative_rotate",
+                      "pretrain_simclr_color_jitter", "pretrain_relative_color_jitter", "pretrain_simclr_blur"}
+  assert pre["pretrain_peclr_rotate"]["augment.ops"] == ("rotate",)
+  assert pre["pretrain_peclr_rotate"]["peclr.transforms"] == ("rotate",)
+  assert pre["pretrain_relative_color_jitter"]["relative.transforms"] == ("color_jitter",)
+  probes = [r for r in runs if r.kind == "probe"]
+  assert {r.needs for r in probes} == set(pre) | {""}  # one probe per encoder, plus the random-init baseline
+  assert all(r.config == "probe.py:linear,tiny" for r in probes)
+
+
+def test_composition_is_every_combination_of_two_or_more():
+  best = "crop=peclr,rotate=peclr,scale=relative,color_jitter=simclr"
+  runs = study.composition(cfg("composition", best=best))
+  pre = {r.name: (r.config, dict(r.overrides)) for r in runs if r.kind == "pretrain"}
+  assert len(pre) == 11  # C(4,2) + C(4,3) + C(4,4), the reference's 11 combinations of 4
+  config, o = pre["pretrain_color_jitter+crop"]
+  assert config == "pretrain.py:peclr,tiny" and o["peclr.transforms"] == ("crop",)
+  config, o = pre["pretrain_color_jitter+scale"]
+  assert config == "pretrain.py:relative,tiny" and o["relative.transforms"] == ("scale",)
+  config, o = pre["pretrain_crop+rotate+scale"]
+  assert config == "pretrain.py:hybrid,tiny" and o["peclr.transforms"] == ("crop", "rotate")
+  with pytest.raises(ValueError, match="does not exist"):
+    study.composition(cfg("composition", best_from="/nonexistent.json"))
+  with pytest.raises(ValueError, match="bad or too few"):
+    study.composition(cfg("composition", best="crop=moco,rotate=peclr"))
+
+
+def test_supervised_pairs_scratch_and_finetune_per_model_and_fraction():
+  runs = study.supervised(cfg("supervised", models=("resnet18", "resnet50")))
+  probes = [r for r in runs if r.kind == "probe"]
+  assert len(probes) == 2 * 2 * 2  # models x fractions x {scratch, PeCLR}
+  ft = next(r for r in probes if r.name == "finetune_resnet50_50pct")
+  assert ft.needs == "pretrain_peclr_resnet50" and dict(ft.overrides)["data.label_fraction"] == 0.5
+  assert dict(ft.overrides)["model.name"] == "resnet50"
+  assert all(r.needs == "" for r in probes if r.name.startswith("scratch"))
+
+
+def test_commands_are_the_clis_with_literal_overrides():
+  assert study._flag(("rotate",)) == "('rotate',)" and study._flag(()) == "()" and study._flag(0.5) == "0.5"
+  r = study.Run("a", "pretrain", "pretrain.py:peclr,tiny", (("augment.ops", ("crop", "rotate")),))
+  assert r.command("/s")[4:] == ["--config.augment.ops=('crop','rotate',)", "--workdir=/s/a"]
+
+
+def test_a_failed_encoder_skips_its_probe_and_the_rest_goes_on(tmp_path):
+  runs = [study.Run("bad", "pretrain", "pretrain.py:simclr,tiny", (("model.name", "resnet7"),)),
+          study.Run("bad_probe", "probe", "probe.py:linear,tiny", needs="bad"),
+          study.Run("other", "pretrain", "pretrain.py:simclr,tiny", (("total_steps", 0),))]
+  lines = []
+  failed = study.execute(runs, str(tmp_path), parallel=2, log=lines.append, poll=0.1)
+  assert set(failed) == {"bad", "bad_probe", "other"}  # total_steps=0 is an error too, but it did run
+  assert any(line.startswith("[skipped] bad_probe") for line in lines)
+  assert os.path.isfile(tmp_path / "other" / "run.log") and not (tmp_path / "bad_probe").exists()
+  assert "resnet7" in (tmp_path / "bad" / "run.log").read_text()
+
+
+def test_study_runs_resumes_and_tabulates(tmp_path):
+  root, data = tmp_path / "study", tmp_path / "data"
+  argv = [sys.executable, "-m", "peclr_jax.study", "--config=configs/study.py:ablation,tiny", f"--workdir={root}",
+          "--config.parallel=2", "--config.augmentations=('crop',)", "--config.objectives=('simclr',)",
+          f"--config.data_overrides=(('data.root','{data}'),)"]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run():
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=repo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+  out = run()
+  assert out.count("[ok]") == 3
+  rows = json.loads((root / "results.json").read_text())["rows"]
+  assert {(r["augmentation"], r["objective"]) for r in rows} == {("crop", "simclr"), ("-", "random init")}
+  assert all(0 < r["epe_2d_px"] < 32 for r in rows)
+  assert "| crop | simclr |" in (root / "results.md").read_text() and (root / "results.png").is_file()
+  assert json.loads((root / "best_objectives.json").read_text()) == {"crop": "simclr"}
+  assert len((root / "commands.sh").read_text().splitlines()) == 1 + 3
+
+  # Resume: only what is missing runs again.
+  os.remove(root / "probe_simclr_crop" / "eval_evaluation.json")
+  mtime = os.path.getmtime(root / "pretrain_simclr_crop" / "encoder" / "model.json")
+  out = run()
+  assert "[done]    pretrain_simclr_crop" in out and "[done]    probe_random_init" in out
+  assert out.count("[start]") == 1 and "[ok]      probe_simclr_crop" in out
+  assert os.path.getmtime(root / "pretrain_simclr_crop" / "encoder" / "model.json") == mtime
+  assert (root / "probe_simclr_crop" / "eval_evaluation.json").is_file()
