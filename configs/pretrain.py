@@ -17,17 +17,13 @@ Every field can be overridden as --config.key=value; unknown keys and wrong type
 
 import ml_collections
 
-from peclr_jax import augment, optim
+from peclr_jax import augment, configs, optim
 
 OBJECTIVES = ("simclr", "peclr", "relative", "hybrid")
-SIZES = ("full", "cpu", "tiny")
 
 
 def get_config(arg="peclr"):
-  objective, _, size = (arg or "peclr").partition(",")
-  size = size or "full"
-  if objective not in OBJECTIVES or size not in SIZES:
-    raise ValueError(f"config arg {arg!r}: expected OBJECTIVE[,SIZE] with OBJECTIVE in {OBJECTIVES}, SIZE in {SIZES}")
+  objective, size = configs.split_arg(arg, OBJECTIVES, "peclr", "full", "OBJECTIVE")
   c = ml_collections.ConfigDict()
   c.objective = objective
   c.seed = 5  # the reference's seed

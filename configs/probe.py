@@ -19,10 +19,9 @@ import os
 
 import ml_collections
 
-from peclr_jax import augment
+from peclr_jax import augment, configs
 
 MODES = ("linear", "mlp", "finetune", "scratch", "label_fraction")
-SIZES = ("full", "cpu", "tiny")
 
 
 def _pretrain_config(size):
@@ -37,10 +36,7 @@ def _pretrain_config(size):
 
 
 def get_config(arg="linear"):
-  mode, _, size = (arg or "linear").partition(",")
-  size = size or "full"
-  if mode not in MODES or size not in SIZES:
-    raise ValueError(f"config arg {arg!r}: expected MODE[,SIZE] with MODE in {MODES}, SIZE in {SIZES}")
+  mode, size = configs.split_arg(arg, MODES, "linear", "full", "MODE")
   base = _pretrain_config(size)
   c = ml_collections.ConfigDict()
   c.mode = mode

@@ -14,15 +14,13 @@ command resumes. Results: `<workdir>/results.{md,json,png}`.
 
 import ml_collections
 
+from peclr_jax import configs
+
 STUDIES = ("ablation", "composition", "supervised")
-SIZES = ("full", "cpu", "tiny")
 
 
 def get_config(arg="ablation,cpu"):
-  study, _, size = (arg or "ablation,cpu").partition(",")
-  size = size or "cpu"
-  if study not in STUDIES or size not in SIZES:
-    raise ValueError(f"config arg {arg!r}: expected STUDY[,SIZE] with STUDY in {STUDIES}, SIZE in {SIZES}")
+  study, size = configs.split_arg(arg, STUDIES, "ablation,cpu", "cpu", "STUDY")
   c = ml_collections.ConfigDict()
   c.study, c.size = study, size
   c.parallel = 1  # runs at once (separate processes)
