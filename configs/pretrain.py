@@ -33,6 +33,7 @@ def get_config(arg="peclr"):
       root="data/synthetic",  # dataset root; the synthetic set is rendered there when missing
       synthetic_train=20000, synthetic_eval=1000, synthetic_seed=0,
       val_fraction=0.0,  # ids held out of pretraining (FreiHAND-style split over unique ids)
+      mix_roots=(),  # more FreiHAND-layout roots mixed into the training split with equal weight
       host_size=160,  # host crop side (px); the in-jit augmentation crops and resizes from it
       host_margin=1.6,  # host crop side / hand box, leaves room for rotation, jitter and scale
       workers=0, threads=4, skip_corrupt=False))

@@ -1,8 +1,9 @@
 """Study configs: `python -m peclr_jax.study --config=configs/study.py:STUDY[,SIZE] --workdir=runs/STUDY`.
 
 STUDY: ablation (per-augmentation x objective, linear protocol), composition (combinations of >= 2 augmentations,
-each with its best objective from the ablation), supervised (scratch vs PeCLR + fine-tune per ResNet depth and label
-fraction). SIZE: cpu (reduced, for 2 cores), tiny (tests), full (the papers' scale; needs an accelerator).
+each with its best objective from the ablation), cross_dataset (pretrain on two rendered domains A + B, probe on A,
+test on B, against supervised on A), supervised (scratch vs PeCLR + fine-tune per ResNet depth and label fraction).
+SIZE: cpu (reduced, for 2 cores), tiny (tests), full (the papers' scale; needs an accelerator).
 
   python -m peclr_jax.study --config=configs/study.py:ablation,cpu --workdir=runs/ablation
   python -m peclr_jax.study --config=configs/study.py:composition,cpu --workdir=runs/composition \
@@ -16,7 +17,7 @@ import ml_collections
 
 from peclr_jax import configs
 
-STUDIES = ("ablation", "composition", "supervised")
+STUDIES = ("ablation", "composition", "cross_dataset", "supervised")
 
 
 def get_config(arg="ablation,cpu"):
@@ -35,6 +36,11 @@ def get_config(arg="ablation,cpu"):
   # Study 2: study 1's choice per augmentation ("aug=objective,..." or the ablation's best_objectives.json).
   c.best = ""
   c.best_from = "runs/ablation/best_objectives.json"
+  # Study 3: two embedded domains (options of `python -m peclr_jax.data.synthetic`).
+  c.domain_a = (("distance", (0.3, 0.5)), ("skin", (0.0, 0.5)), ("backgrounds", "gradient,plain"), ("seed", 1))
+  c.domain_b = (("distance", (0.5, 0.8)), ("skin", (0.5, 1.0)), ("backgrounds", "clutter,noise,shapes"), ("seed", 2))
+  c.domain_train, c.domain_eval = {"full": (32000, 4000), "cpu": (2000, 500), "tiny": (32, 8)}[size]
+  c.cross_probe_modes = ("linear", "finetune")
   # Study 4.
   c.models = ("resnet18", "resnet50", "resnet152") if size == "full" else ("resnet18", "resnet50")
   c.ops = ("rotate", "crop", "scale", "color_jitter")

@@ -77,13 +77,23 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
   return {k: v[order] for k, v in out.items()}
 
 
-def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None):
-  """Scores a probe workdir on `split`; writes the report files and returns dict(metrics, paths, n)."""
+def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None, data_root=None, tag=None):
+  """Scores a probe workdir on `split`; writes the report files and returns dict(metrics, paths, n).
+
+  `data_root` evaluates on another FreiHAND-layout set instead of the run's own (e.g. the target domain of a
+  cross-dataset study); `tag` then names the report files (`eval_<tag>_<split>.*`, default: the root's name).
+  """
   config, variables = probe.restore(workdir, step)
+  if data_root is not None:
+    with config.unlocked():
+      config.data.update(name="freihand", root=data_root, val_fraction=0.0)
+    tag = tag or os.path.basename(os.path.normpath(data_root))
+  split_name = f"{tag}_{split}" if tag else split
   p = predict_split(config, variables, split, limit, progress=progress)
   labelled = p["has_xyz"].astype(bool)
   paths = {}
-  result = dict(split=split, workdir=os.path.abspath(workdir), images=int(len(p["index"])),
+  result = dict(split=split, data=os.path.abspath(config.data.root), workdir=os.path.abspath(workdir),
+                images=int(len(p["index"])),
                 labelled=int(labelled.sum()), mode=config.mode, encoder=config.encoder or None,
                 protocol=dict(crop=f"ground-truth keypoints, margin {config.augment.margin:.2f}, "
                                    f"{config.augment.out_size} px",
@@ -101,11 +111,11 @@ def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None):
       const = np.broadcast_to(anchor, gt.shape)
       result["mean_pose_baseline"] = dict(pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
                                           pa_auc=metrics.auc(const, gt, aligned=True, valid=valid))
-    paths["pck"] = plot_pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split}.png"), m,
+    paths["pck"] = plot_pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split_name}.png"), m,
                             None if anchor is None else const)
-  paths["skeletons"] = skeleton_grid(p, os.path.join(workdir, f"skeletons_{split}.png"))
-  paths.update(write_submission(p["xyz"], workdir, split))
-  base = os.path.join(workdir, f"eval_{split}")
+  paths["skeletons"] = skeleton_grid(p, os.path.join(workdir, f"skeletons_{split_name}.png"))
+  paths.update(write_submission(p["xyz"], workdir, split_name))
+  base = os.path.join(workdir, f"eval_{split_name}")
   paths["json"], paths["markdown"] = base + ".json", base + ".md"
   result["paths"] = paths
   with open(base + ".json", "w") as f:
@@ -125,7 +135,7 @@ def training_mean_pose(config):
 
 
 def markdown(result):
-  lines = [f"# Evaluation of `{result['workdir']}` on `{result['split']}`", "",
+  lines = [f"# Evaluation of `{result['workdir']}` on `{result['split']}` of `{result['data']}`", "",
            f"{result['images']} images ({result['labelled']} with 3-D labels); mode {result['mode']}, encoder "
            f"{result['encoder'] or 'random init'}.", "",
            "Protocol: " + ", ".join(f"{k} {v}" for k, v in result["protocol"].items()) + ".", ""]
@@ -222,11 +232,13 @@ def main(argv=None):
   p.add_argument("--split", default="evaluation", choices=("evaluation", "training"))
   p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--data-root", default=None, help="evaluate on this FreiHAND-layout set instead of the run's own")
+  p.add_argument("--tag", default=None, help="names the report files with --data-root (default: the root's name)")
   args = p.parse_args(argv)
   from peclr_jax.data import common
 
   try:
-    r = evaluate(args.workdir, args.split, args.limit, step=args.step)
+    r = evaluate(args.workdir, args.split, args.limit, step=args.step, data_root=args.data_root, tag=args.tag)
   except (probe.TrainingError, FileNotFoundError, common.DataError) as e:
     raise SystemExit(f"error: {e}") from None
   with open(r["paths"]["markdown"]) as f:

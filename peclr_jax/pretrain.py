@@ -102,6 +102,12 @@ def source(data, split="training"):
     if split == "training" and data["val_fraction"] > 0:
       train_ids, _ = freihand.split_ids(src.n_ids, data["val_fraction"], seed=0)
       src = freihand.FreiHand(data["root"], split, ids=train_ids)
+    extra = tuple(data.get("mix_roots", ())) if split == "training" else ()
+    if extra:  # more FreiHAND-layout sets, mixed 1:1:... with replacement (the reference's FreiHAND + YT3D)
+      from peclr_jax.data import mix
+
+      sources = [src, *(freihand.FreiHand(r, split) for r in extra)]
+      src = mix.Mix(sources, [1.0] * len(sources), num_records=sum(len(x) for x in sources), seed=0)
     return src
   if data["name"] == "interhand":
     from peclr_jax.data import interhand

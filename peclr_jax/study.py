@@ -27,25 +27,41 @@ RELATIVE = ("crop", "scale", "rotate", "color_jitter")  # the relative objective
 @dataclasses.dataclass(frozen=True)
 class Run:
   name: str  # the run's directory under the study workdir
-  kind: str  # "pretrain" | "probe"
-  config: str  # e.g. "pretrain.py:simclr,cpu" (a file in configs/)
-  overrides: tuple = ()  # ((config key, value), ...)
-  needs: str = ""  # for a probe: the pretraining run whose encoder it loads ("" = none)
+  kind: str  # "pretrain" | "probe" | "render" (a synthetic domain) | "evaluate" (a probe on another set)
+  config: str = ""  # pretrain / probe: e.g. "pretrain.py:simclr,cpu" (a file in configs/)
+  overrides: tuple = ()  # ((config key, value), ...); render / evaluate: ((flag, value), ...) of their CLIs
+  needs: str = ""  # probe: the pretraining run whose encoder it loads; evaluate: the probe run it scores
   tags: tuple = ()  # ((column, value), ...) for the results table
+  after: tuple = ()  # runs that must be done first (e.g. the data a run reads)
 
   def workdir(self, root):
     return os.path.join(root, self.name)
 
+  def output(self, root):
+    """The file whose existence means the run is finished."""
+    if self.kind == "evaluate":
+      return os.path.join(root, self.needs, f"eval_{dict(self.overrides)['tag']}_evaluation.json")
+    out = {"pretrain": "encoder/model.json", "probe": "eval_evaluation.json", "render": "synthetic.json"}[self.kind]
+    return os.path.join(self.workdir(root), out)
+
   def done(self, root):
-    out = "encoder/model.json" if self.kind == "pretrain" else "eval_evaluation.json"
-    return os.path.isfile(os.path.join(self.workdir(root), out))
+    return os.path.isfile(self.output(root))
 
   def command(self, root):
+    if self.kind in ("render", "evaluate"):
+      module = {"render": "data.synthetic", "evaluate": "evaluate"}[self.kind]
+      args = [a for k, v in self.overrides for a in
+              ([f"--{k}", *map(str, v)] if isinstance(v, (tuple, list)) else [f"--{k}={v}"])]
+      where = f"--out={self.workdir(root)}" if self.kind == "render" else f"--workdir={os.path.join(root, self.needs)}"
+      return [sys.executable, "-m", f"peclr_jax.{module}", where, *args]
     overrides = list(self.overrides)
     if self.needs:
       overrides.append(("encoder", os.path.join(root, self.needs)))
     return [sys.executable, "-m", f"peclr_jax.{self.kind}", f"--config={os.path.join(CONFIGS, self.config)}",
             *(f"--config.{k}={_flag(v)}" for k, v in overrides), f"--workdir={self.workdir(root)}"]
+
+  def requires(self):
+    return ((self.needs,) if self.needs else ()) + tuple(self.after)
 
 
 def _flag(v):
@@ -74,7 +90,7 @@ def _probe(cfg, name, needs, tags, mode=None):
              needs=needs, tags=tags)
 
 
-def ablation(cfg):
+def ablation(cfg, root=""):
   """Study 1 (seed 000 §4.2): one augmentation at a time x objective, then the linear protocol; plus random init.
 
   PeCLR differs from SimCLR only on geometric augmentations, so appearance-only ones are run with SimCLR alone, and the
@@ -94,7 +110,7 @@ def ablation(cfg):
   return runs
 
 
-def composition(cfg):
+def composition(cfg, root=""):
   """Study 2 (seed 000 §4.3): every combination of >= 2 augmentations, each with its best objective from study 1.
 
   `cfg.best` ("crop=peclr,rotate=peclr,...") or else the file `cfg.best_from` (study 1's `best_objectives.json`) maps
@@ -143,7 +159,7 @@ def parse_best(text, path):
   return best
 
 
-def supervised(cfg):
+def supervised(cfg, root=""):
   """Study 4 (§4.5 and PeCLR): from scratch vs PeCLR-pretrained + fine-tuned per encoder depth, and label fractions."""
   runs = []
   for model in cfg.models:
@@ -161,7 +177,35 @@ def supervised(cfg):
   return runs
 
 
-STUDIES = {"ablation": ablation, "composition": composition, "supervised": supervised}
+def cross_dataset(cfg, root):
+  """Study 3 (§4.4): pretrain on domains A + B, probe on A, evaluate on B, against supervised training on A only.
+
+  The two domains are embedded sets rendered with different options (`cfg.domain_a` / `cfg.domain_b`: camera
+  distance, skin tones, backgrounds, seed); PeCLR pretrained on A alone is the control for the unlabelled B images.
+  """
+  data = {d: os.path.join(root, f"data_{d}") for d in "AB"}
+  runs = [Run(f"data_{d}", "render", overrides=(("train", cfg.domain_train), ("eval", cfg.domain_eval),
+                                                   ("workers", 1), *dict(style).items()))
+          for d, style in (("A", cfg.domain_a), ("B", cfg.domain_b))]
+  on_a = (("data.name", "freihand"), ("data.root", data["A"]), *cfg.data_overrides)
+  probes = [("scratch", "", "scratch", "none (supervised on A)")]
+  for pre, mix in (("A+B", (data["B"],)), ("A", ())):
+    name = f"pretrain_peclr_{pre.replace('+', '')}"
+    runs.append(Run(name, "pretrain", f"pretrain.py:peclr,{cfg.size}",
+                    (*_pretrain_overrides(cfg, "peclr", cfg.ops), *on_a, ("data.mix_roots", mix)),
+                    after=("data_A", "data_B"), tags=(("pretraining", f"PeCLR on {pre}"),)))
+    probes += [(f"{mode}_{pre.replace('+', '')}", name, mode, f"PeCLR on {pre}") for mode in cfg.cross_probe_modes]
+  for run_name, needs, mode, pretraining in probes:
+    tags = (("pretraining", pretraining), ("probe on A", mode))
+    runs.append(Run(run_name, "probe", f"probe.py:{mode},{cfg.size}", (("total_steps", cfg.probe_steps), *on_a),
+                    needs=needs, after=("data_A",), tags=tags + (("evaluated on", "A"),)))
+    runs.append(Run(f"eval_B_{run_name}", "evaluate", overrides=(("data-root", data["B"]), ("tag", "B")),
+                    needs=run_name, after=("data_B",), tags=tags + (("evaluated on", "B"),)))
+  return runs
+
+
+STUDIES = {"ablation": ablation, "composition": composition, "cross_dataset": cross_dataset,
+           "supervised": supervised}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,13 +219,13 @@ def execute(runs, root, parallel=1, log=print, poll=1.0):
       log(f"[done]    {r.name}")
   failed, active = [], {}
   while pending or active:
-    blocked = {r.name for r in pending} | set(active) | set(failed)
-    ready = [r for r in pending if r.needs not in blocked]
-    # A run whose encoder failed can never start.
-    for r in [r for r in pending if r.needs in failed]:
+    # A run whose input run failed can never start.
+    for r in [r for r in pending if set(r.requires()) & set(failed)]:
       pending.remove(r)
       failed.append(r.name)
-      log(f"[skipped] {r.name}: its encoder run {r.needs} failed")
+      log(f"[skipped] {r.name}: {', '.join(sorted(set(r.requires()) & set(failed)))} failed")
+    blocked = {r.name for r in pending} | set(active) | set(failed)
+    ready = [r for r in pending if not set(r.requires()) & blocked]
     while ready and len(active) < parallel:
       r = ready.pop(0)
       pending.remove(r)
@@ -219,12 +263,12 @@ METRICS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm")
 
 
 def gather(runs, root):
-  """One row per finished probe run: its tags, the metrics of `eval_evaluation.json` and its wall time."""
+  """One row per finished probe / evaluate run: its tags and the metrics of its evaluation report."""
   rows = []
   for r in runs:
-    if r.kind != "probe" or not r.done(root):
+    if r.kind not in ("probe", "evaluate") or not r.done(root):
       continue
-    with open(os.path.join(r.workdir(root), "eval_evaluation.json")) as f:
+    with open(r.output(root)) as f:
       m = json.load(f)["metrics"]
     rows.append({"run": r.name, **dict(r.tags), **{k: m[k] for k in METRICS}})
   return rows
@@ -284,12 +328,16 @@ def report(cfg, runs, root):
   with open(os.path.join(root, "results.json"), "w") as f:
     json.dump(dict(study=cfg.study, size=cfg.size, rows=rows), f, indent=1)
   title = {"ablation": "Per-augmentation ablation, linear protocol", "composition": "Composition search",
+           "cross_dataset": "Cross-dataset: pretrain on A + B, probe on A, test on B",
            "supervised": "Supervised comparison"}[cfg.study]
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(markdown(rows, f"{title} ({cfg.size})", sort="epe_2d_px"))
   if rows:
     group, series = {"ablation": ("augmentation", "objective"), "composition": ("augmentations", "objective"),
-                     "supervised": ("labels", "init")}[cfg.study]
+                     "cross_dataset": ("evaluated on", None), "supervised": ("labels", "init")}[cfg.study]
+    if cfg.study == "cross_dataset":
+      series = "setting"
+      rows = [{**r, "setting": f"{r['pretraining']}, {r['probe on A']}"} for r in rows]
     plot(rows, os.path.join(root, "results.png"), group, series)
   if cfg.study == "ablation":
     with open(os.path.join(root, "best_objectives.json"), "w") as f:
@@ -306,7 +354,7 @@ def main(argv=None):
     raise SystemExit(f"error: config.study={cfg.study!r}: expected one of {sorted(STUDIES)}")
   try:
     pretrain.check_workdir(root)
-    runs = STUDIES[cfg.study](cfg)
+    runs = STUDIES[cfg.study](cfg, root)
   except (pretrain.TrainingError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
   write_commands(runs, root)

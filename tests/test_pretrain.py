@@ -127,3 +127,16 @@ def test_unwritable_workdir(data_root, tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(pretrain.TrainingError, match="not writable"):
     pretrain.train(tiny(data_root), str(tmp_path / "file" / "w"), progress=False)
+
+
+def test_mix_roots_mix_other_sets_into_the_training_split(data_root, tmp_path):
+  from peclr_jax.data import synthetic
+
+  other = str(tmp_path / "other")
+  synthetic.generate(other, 24, 4, seed=3, progress=False)
+  c = tiny(data_root, **{"data.mix_roots": (other,)})
+  src = pretrain.source(c.data)
+  assert len(src) == 64 + 24
+  sources = np.array([int(src[i]["source"]) for i in range(len(src))])
+  assert set(sources) == {0, 1} and 0.3 < sources.mean() < 0.7  # equal weights, not equal lengths
+  assert not hasattr(pretrain.source(c.data, "evaluation"), "sources")  # evaluation stays the main set

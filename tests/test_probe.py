@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from peclr_jax import augment, geometry, log, predict, pretrain, probe
+from peclr_jax import augment, evaluate, geometry, log, predict, pretrain, probe
 from peclr_jax.data import freihand, pipeline
 
 
@@ -152,6 +152,22 @@ def test_round_trip_reports_match_an_independent_computation(linear_run, data_ro
   bone_ok = np.isclose(np.linalg.norm(pred[:, 9] - pred[:, 10], axis=-1), src.scale, rtol=1e-3)
   clamped = np.isclose(pred[:, 0, 2] / src.scale, 4, rtol=1e-3) | np.isclose(pred[:, 0, 2] / src.scale, 50, rtol=1e-3)
   assert bone_ok.any() and (bone_ok | clamped).all()
+
+
+def test_evaluate_on_another_set_writes_tagged_reports(linear_run, tmp_path):
+  """A probe scored on another FreiHAND-layout root (the cross-dataset protocol) reads that root's labels."""
+  from peclr_jax.data import synthetic
+
+  workdir, _, _ = linear_run
+  other = str(tmp_path / "other")
+  synthetic.generate(other, 8, 6, seed=9, progress=False)
+  rep = evaluate.evaluate(workdir, data_root=other, tag="other", progress=False)
+  assert rep["data"] == other and rep["images"] == 6
+  with open(os.path.join(workdir, "pred_other_evaluation.json")) as f:
+    pred = np.array(json.load(f)[0])
+  gt = freihand.FreiHand(other, "evaluation").xyz
+  np.testing.assert_allclose(rep["metrics"]["epe_mm"], np.linalg.norm(pred - gt, axis=-1).mean() * 1000, rtol=1e-4)
+  assert os.path.isfile(os.path.join(workdir, "eval_other_evaluation.md"))
 
 
 def test_linear_probe_keeps_the_encoder_frozen_and_finetune_moves_it(linear_run, encoder, data_root, tmp_path):

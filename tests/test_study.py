@@ -49,6 +49,25 @@ def test_composition_is_every_combination_of_two_or_more():
     study.composition(cfg("composition", best="crop=moco,rotate=peclr"))
 
 
+def test_cross_dataset_pretrains_on_both_domains_probes_on_a_and_tests_on_b():
+  c = cfg("cross_dataset")
+  runs = {r.name: r for r in study.cross_dataset(c, "/s")}
+  assert runs["data_A"].kind == runs["data_B"].kind == "render"
+  assert dict(runs["data_A"].overrides)["distance"] != dict(runs["data_B"].overrides)["distance"]
+  ab, a = dict(runs["pretrain_peclr_AB"].overrides), dict(runs["pretrain_peclr_A"].overrides)
+  assert ab["data.root"] == a["data.root"] == "/s/data_A"
+  assert ab["data.mix_roots"] == ("/s/data_B",) and a["data.mix_roots"] == ()
+  for name in ("scratch", "linear_AB", "finetune_AB", "linear_A", "finetune_A"):
+    probe, test = runs[name], runs[f"eval_B_{name}"]
+    assert dict(probe.overrides)["data.root"] == "/s/data_A"  # labels of A only
+    assert test.kind == "evaluate" and test.needs == name and dict(test.overrides)["data-root"] == "/s/data_B"
+    assert test.output("/s") == f"/s/{name}/eval_B_evaluation.json"
+  assert runs["scratch"].needs == "" and runs["finetune_AB"].needs == "pretrain_peclr_AB"
+  assert runs["data_B"].command("/s")[3:] == ["--out=/s/data_B", "--train=32", "--eval=8", "--workers=1",
+                                              "--distance", "0.5", "0.8", "--skin", "0.5", "1.0",
+                                              "--backgrounds=clutter,noise,shapes", "--seed=2"]
+
+
 def test_supervised_pairs_scratch_and_finetune_per_model_and_fraction():
   runs = study.supervised(cfg("supervised", models=("resnet18", "resnet50")))
   probes = [r for r in runs if r.kind == "probe"]
