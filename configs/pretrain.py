@@ -42,7 +42,7 @@ def get_config(arg="peclr"):
   c.augment.ops = ("rotate", "crop", "scale", "color_jitter")  # the best PeCLR model's augmentations
 
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet50", width=64, small_stem=False, zero_init_last_bn=False,
+      name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
       proj_hidden=512, proj_out=128, rel_hidden=1024))
 
   c.temperature = 0.5

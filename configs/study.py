@@ -42,7 +42,8 @@ def get_config(arg="ablation,cpu"):
   c.domain_train, c.domain_eval = {"full": (32000, 4000), "cpu": (2000, 500), "tiny": (32, 8)}[size]
   c.cross_probe_modes = ("linear", "finetune")
   # Study 4.
-  c.models = ("resnet18", "resnet50", "resnet152") if size == "full" else ("resnet18", "resnet50")
+  c.models = ("resnet18", "resnet50", "resnet152", "hourglass") if size == "full" else ("resnet18", "resnet50",
+                                                                                        "hourglass")
   c.ops = ("rotate", "crop", "scale", "color_jitter")
   c.label_fractions = (0.01, 0.1, 1.0)
   if size == "tiny":

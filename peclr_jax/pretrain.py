@@ -22,9 +22,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from peclr_jax import augment, checkpoint, log, objectives, optim, sharding
+from peclr_jax import augment, checkpoint, log, models, objectives, optim, sharding
 from peclr_jax.data import freihand, pipeline, synthetic
-from peclr_jax.models import heads, resnet
+from peclr_jax.models import heads
 
 
 class TrainingError(RuntimeError):
@@ -42,8 +42,7 @@ class Pretrainer(nn.Module):
 
   def setup(self):
     m = self.model
-    self.encoder = resnet.create(m.name, width=m.width, small_stem=m.small_stem,
-                                 zero_init_last_bn=m.zero_init_last_bn)
+    self.encoder = models.encoder(m)
     if self.objective != "relative":
       self.proj = heads.ProjectionHead(hidden=m.proj_hidden, out=m.proj_out)
     self.rel = {name: heads.RelativeHead(out=k, hidden=m.rel_hidden) for name, k in self.relative_dims}

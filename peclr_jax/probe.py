@@ -32,9 +32,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from peclr_jax import augment, checkpoint, geometry, optim, pretrain, sharding
+from peclr_jax import augment, checkpoint, geometry, models, optim, pretrain, sharding
 from peclr_jax.data import common, freihand
-from peclr_jax.models import heads, resnet
+from peclr_jax.models import heads
 
 MODES = ("linear", "mlp", "finetune", "scratch", "label_fraction")
 TrainingError = pretrain.TrainingError
@@ -54,20 +54,22 @@ class Regressor(nn.Module):
   @nn.compact
   def __call__(self, x, K, train: bool):
     m = self.model
-    encoder = resnet.create(m.name, width=m.width, small_stem=m.small_stem, zero_init_last_bn=m.zero_init_last_bn,
-                            name="encoder")
+    encoder = models.encoder(m, name="encoder")
     # A frozen encoder runs in inference mode and under stop_gradient: its backward pass is never built.
     h = encoder(x, train=train and not self.frozen)
     if self.frozen:
       h = jax.lax.stop_gradient(h)
-    if self.head.feature_norm:  # affine-free BN: still a linear probe, but conditioned (MAE's linear probe)
+    if self.head.kind == "direct":  # the encoder's own 2.5-D output (the hourglass): u, v in [-1, 1], then z_rel
+      if h.shape[-1] != 63:
+        raise ValueError(f"head.kind='direct' needs an encoder with 63 outputs (hourglass); {m.name} has {h.shape[-1]}")
+      out = jnp.concatenate([h[:, :42].reshape(-1, 21, 2), h[:, 42:, None]], -1)
+    elif self.head.feature_norm:  # affine-free BN: still a linear probe, but conditioned (MAE's linear probe)
       h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False, momentum=0.9, epsilon=1e-6,
                        name="feature_norm")(h)
     if self.head.kind == "linear":
-      out = nn.Dense(63, name="head")(h)
-    else:
-      out = heads.MLPHead(self.head.hidden, 63, name="head")(h, train)
-    out = out.reshape(-1, 21, 3)
+      out = nn.Dense(63, name="head")(h).reshape(-1, 21, 3)
+    elif self.head.kind == "mlp":
+      out = heads.MLPHead(self.head.hidden, 63, name="head")(h, train).reshape(-1, 21, 3)
     size = x.shape[1]
     uv = (out[..., :2] + 1) * (size / 2)  # the head works in [-1, 1]; losses and outputs in crop pixels
     z_rel = out[..., 2]
@@ -271,8 +273,8 @@ def check_config(config):
   if config.mode == "scratch" and config.encoder:
     raise TrainingError(f"mode scratch trains from random init; drop --config.encoder={config.encoder!r} or use "
                         "finetune")
-  if config.head.kind not in ("linear", "mlp"):
-    raise TrainingError(f"config.head.kind={config.head.kind!r}: expected linear or mlp")
+  if config.head.kind not in ("linear", "mlp", "direct"):
+    raise TrainingError(f"config.head.kind={config.head.kind!r}: expected linear, mlp or direct (hourglass)")
   if config.keypoints.bone not in geometry.BONES or config.keypoints.root not in geometry.ROOTS:
     raise TrainingError(f"config.keypoints bone={config.keypoints.bone!r} root={config.keypoints.root!r}: expected "
                         f"bone in {tuple(geometry.BONES)}, root in {tuple(geometry.ROOTS)}")

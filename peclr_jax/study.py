@@ -160,7 +160,11 @@ def parse_best(text, path):
 
 
 def supervised(cfg, root=""):
-  """Study 4 (§4.5 and PeCLR): from scratch vs PeCLR-pretrained + fine-tuned per encoder depth, and label fractions."""
+  """Study 4 (§4.5 and PeCLR): from scratch vs PeCLR-pretrained + fine-tuned per encoder, and label fractions.
+
+  Encoders: ResNets with a linear head, and the latent 2.5-D hourglass (its vectorised pose feeds the projection head
+  in pretraining; downstream its own output is trained, as in Iqbal et al.).
+  """
   runs = []
   for model in cfg.models:
     m = (("model.name", model),)
@@ -171,8 +175,9 @@ def supervised(cfg, root=""):
       for init, needs in (("scratch", ""), ("PeCLR", pre)):
         mode = "finetune" if needs else "scratch"
         tags = (("model", model), ("init", init), ("labels", f"{100 * fraction:g} %"))
+        head = (("head.kind", "direct"),) if model == "hourglass" else ()  # Iqbal et al.: its own 2.5-D output
         runs.append(Run(f"{mode}_{model}_{100 * fraction:g}pct", "probe", f"probe.py:{mode},{cfg.size}",
-                        (("total_steps", cfg.probe_steps), ("data.label_fraction", fraction), *m,
+                        (("total_steps", cfg.probe_steps), ("data.label_fraction", fraction), *m, *head,
                          *cfg.data_overrides), needs=needs, tags=tags))
   return runs
 

@@ -134,3 +134,45 @@ def test_create_and_errors():
   assert models.create("resnet152", width=8).depth == 152
   with pytest.raises(ValueError):
     models.create("resnet20")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The latent 2.5-D hourglass.
+# ---------------------------------------------------------------------------------------------------------------
+def test_soft_argmax_finds_a_peak_and_reads_its_depth():
+  from peclr_jax.models.hourglass import soft_argmax
+
+  h = np.full((1, 8, 8, 2), -50.0, np.float32)
+  h[0, 2, 5, 0] = 50.0  # joint 0 peaks at row 2, column 5 of a stride-4 map
+  depth = np.zeros((1, 8, 8, 2), np.float32)
+  depth[0, 2, 5, 0] = 1.7
+  uv, z, p = soft_argmax(jnp.asarray(h), jnp.asarray(depth), stride=4)
+  np.testing.assert_allclose(uv[0, 0], [(5 + 0.5) * 4, (2 + 0.5) * 4], atol=1e-4)  # pixel centre, input pixels
+  np.testing.assert_allclose(z[0, 0], 1.7, atol=1e-5)
+  np.testing.assert_allclose(uv[0, 1], [16, 16], atol=1e-4)  # a flat heatmap: the image centre
+  np.testing.assert_allclose(p.sum((1, 2)), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_hourglass_outputs_a_vectorised_pose_from_every_stack(size):
+  m = models.Hourglass25D(width=4, stacks=2)
+  x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+  v = m.init(KEY, x, train=False)
+  out, st = m.apply(v, x, train=True, mutable=["batch_stats", "intermediates"])
+  assert out.shape == (2, 63) and m.features == 63
+  stacks = st["intermediates"]["stacks"]
+  assert len(stacks) == 2 and np.allclose(stacks[-1], out)
+  uv = np.asarray(out[:, :42])
+  assert np.isfinite(out).all() and (np.abs(uv) <= 1).all()  # soft-argmax stays inside the image
+  # The pose depends on the image (gradients reach the stem).
+  g = jax.grad(lambda x: m.apply(v, x, train=False).sum())(x)
+  assert np.abs(np.asarray(g)).max() > 0
+
+
+def test_encoder_factory():
+  from ml_collections import ConfigDict
+
+  base = dict(width=4, small_stem=True, zero_init_last_bn=False)
+  assert isinstance(models.encoder(ConfigDict(dict(name="hourglass", stacks=1, **base))), models.Hourglass25D)
+  r = models.encoder(ConfigDict(dict(name="resnet18", **base)), name="enc")
+  assert isinstance(r, models.ResNet) and r.small_stem and r.name == "enc"

@@ -308,3 +308,16 @@ def test_command_line_errors_are_one_line(tmp_path):
   assert r.returncode != 0 and "no checkpoints" in r.stderr and "Traceback" not in r.stderr
   r = run("peclr_jax.predict", f"--workdir={tmp_path}", f"--images={tmp_path / 'none'}", f"--out={tmp_path}")
   assert r.returncode != 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_hourglass_pretrains_and_is_trained_directly_downstream(data_root, tmp_path):
+  """The hourglass as a PeCLR encoder (its 63-d pose into the projection head), then its own 2.5-D output trained."""
+  c = _set(pretrain.load_config("pretrain.py:peclr,tiny"), **{"data.root": data_root, "total_steps": 1,
+                                                               "model.name": "hourglass", "model.stacks": 1})
+  pretrain.train(c, str(tmp_path / "pre"), progress=False)
+  p = tiny_probe(data_root, "finetune", encoder=str(tmp_path / "pre"), total_steps=1,
+                 **{"model.name": "hourglass", "model.stacks": 1, "head.kind": "direct"})
+  r = probe.train(p, str(tmp_path / "ft"), progress=False)
+  assert "head" not in r.state.params and np.isfinite(r.metrics[-1]["loss"])
+  with pytest.raises(ValueError, match="63 outputs"):
+    probe.train(tiny_probe(data_root, "scratch", **{"head.kind": "direct"}), str(tmp_path / "bad"), progress=False)

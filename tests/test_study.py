@@ -76,6 +76,8 @@ def test_supervised_pairs_scratch_and_finetune_per_model_and_fraction():
   assert ft.needs == "pretrain_peclr_resnet50" and dict(ft.overrides)["data.label_fraction"] == 0.5
   assert dict(ft.overrides)["model.name"] == "resnet50"
   assert all(r.needs == "" for r in probes if r.name.startswith("scratch"))
+  hg = [r for r in study.supervised(cfg("supervised", models=("hourglass",))) if r.kind == "probe"]
+  assert all(dict(r.overrides)["head.kind"] == "direct" for r in hg)
 
 
 def test_commands_are_the_clis_with_literal_overrides():
