@@ -62,7 +62,7 @@ class Regressor(nn.Module):
     if self.head.kind == "direct":  # the encoder's own 2.5-D output (the hourglass): u, v in [-1, 1], then z_rel
       if h.shape[-1] != 63:
         raise ValueError(f"head.kind='direct' needs an encoder with 63 outputs (hourglass); {m.name} has {h.shape[-1]}")
-      out = jnp.concatenate([h[:, :42].reshape(-1, 21, 2), h[:, 42:, None]], -1)
+      out = vector_to_pose(h)
     elif self.head.feature_norm:  # affine-free BN: still a linear probe, but conditioned (MAE's linear probe)
       h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False, momentum=0.9, epsilon=1e-6,
                        name="feature_norm")(h)
@@ -70,17 +70,26 @@ class Regressor(nn.Module):
       out = nn.Dense(63, name="head")(h).reshape(-1, 21, 3)
     elif self.head.kind == "mlp":
       out = heads.MLPHead(self.head.hidden, 63, name="head")(h, train).reshape(-1, 21, 3)
-    size = x.shape[1]
-    uv = (out[..., :2] + 1) * (size / 2)  # the head works in [-1, 1]; losses and outputs in crop pixels
-    z_rel = out[..., 2]
-    if self.keypoints.root == "wrist":  # the root's own z_rel is 0 by definition (the reference forces it)
-      z_rel = z_rel.at[:, 0].set(0.0)
-    pred = dict(uv=uv, z_rel=z_rel)
+    pred = decode(out, x.shape[1], self.keypoints.root)
+    uv, z_rel = pred["uv"], pred["z_rel"]
     if self.keypoints.refine_root:
       # The refiner learns from detached keypoints, so its loss never bends the keypoint head.
       sg = jax.lax.stop_gradient
       pred["z_root"] = geometry.RootRefiner(name="refiner")(sg(uv), sg(z_rel), K, train, bone=self.keypoints.bone)
     return pred
+
+
+def vector_to_pose(h):
+  """[B, 63] (21 x (u, v), then 21 z_rel; the hourglass's layout) -> [B, 21, 3]."""
+  return jnp.concatenate([h[:, :42].reshape(-1, 21, 2), h[:, 42:, None]], -1)
+
+
+def decode(out, size, root):
+  """[B, 21, 3] head output ((u, v) in [-1, 1], z_rel) -> dict(uv in crop pixels, z_rel)."""
+  z_rel = out[..., 2]
+  if root == "wrist":  # the root's own z_rel is 0 by definition (the reference forces it)
+    z_rel = z_rel.at[:, 0].set(0.0)
+  return dict(uv=(out[..., :2] + 1) * (size / 2), z_rel=z_rel)
 
 
 def make_model(config, frozen=None):
@@ -153,8 +162,14 @@ def make_train_step(config, model, tx, sched, base_key):
 
     def loss_fn(params):
       pred, new = model.apply({"params": params, "batch_stats": state.batch_stats}, x, K, train=True,
-                              mutable=["batch_stats"])
+                              mutable=["batch_stats", "intermediates"])
       loss, m = keypoint_loss(pred, uv, tgt, batch["valid"], batch["has_xyz"], kp)
+      stacks = new.get("intermediates", {}).get("encoder", {}).get("stacks", ())
+      if config.head.kind == "direct" and len(stacks) > 1:  # the hourglass: supervise every stack (Newell)
+        inter = [keypoint_loss(decode(vector_to_pose(h), x.shape[1], kp.root), uv, tgt, batch["valid"],
+                               batch["has_xyz"], kp)[0] for h in stacks[:-1]]
+        m["intermediate_loss"] = sum(inter) / len(inter)
+        loss = loss + sum(inter)
       xyz = reconstruct(pred, K, tgt["s"], kp)
       w = batch["valid"] * batch["has_xyz"][:, None]
       m["epe_3d_mm"] = 1000 * jnp.sum(jnp.linalg.norm(xyz - batch["xyz"], axis=-1) * w) / jnp.maximum(w.sum(), 1)

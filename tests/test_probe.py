@@ -319,5 +319,10 @@ def test_hourglass_pretrains_and_is_trained_directly_downstream(data_root, tmp_p
                  **{"model.name": "hourglass", "model.stacks": 1, "head.kind": "direct"})
   r = probe.train(p, str(tmp_path / "ft"), progress=False)
   assert "head" not in r.state.params and np.isfinite(r.metrics[-1]["loss"])
+  # Two stacks from scratch: the first stack is supervised too.
+  p = tiny_probe(data_root, "scratch", total_steps=1, **{"model.name": "hourglass", "model.stacks": 2,
+                                                         "head.kind": "direct"})
+  m = probe.train(p, str(tmp_path / "hg2"), progress=False).metrics[-1]
+  assert m["loss"] > m["uv_l1"] + 5 * m["z_l1"] and m["intermediate_loss"] > 0
   with pytest.raises(ValueError, match="63 outputs"):
     probe.train(tiny_probe(data_root, "scratch", **{"head.kind": "direct"}), str(tmp_path / "bad"), progress=False)
