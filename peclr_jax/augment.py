@@ -299,6 +299,12 @@ def normalize(x):
   return (x / 255 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
 
 
+def denormalize(x):
+  """The inverse of `normalize`: a normalised image back to uint8 0-255 (for looking at model inputs)."""
+  x = x * np.array(IMAGENET_STD, np.float32) + np.array(IMAGENET_MEAN, np.float32)
+  return jnp.clip(jnp.round(x * 255), 0, 255).astype(jnp.uint8)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Batched entry points.
 # ---------------------------------------------------------------------------------------------------------------

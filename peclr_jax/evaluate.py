@@ -34,20 +34,28 @@ LABELS = {"epe_2d_px": "2D EPE (px)", "epe_mm": "3D EPE (mm)", "pa_epe_mm": "PA-
           "pa_auc": "PA-AUC 0-50 mm", "median_mm": "median (mm)", "pa_median_mm": "PA median (mm)"}
 
 
-def predict_split(config, variables, split="evaluation", limit=None, batch_size=64, progress=False):
-  """Runs the model over a split; returns numpy arrays in source order (crop px for uv, metres for xyz)."""
+def predict_split(config, variables, split="evaluation", limit=None, batch_size=64, progress=False, crops=16):
+  """Runs the model over a split; returns numpy arrays in source order (crop px for uv, metres for xyz).
+
+  The model's input crops of the first `crops` images come back too (uint8), for the skeleton grid.
+  """
   src = pretrain.source(config.data, split)
   aug = probe.eval_augment(config)
   kp = config.keypoints
-  fn = probe.predictor(config, variables)
+  model = probe.make_model(config)
 
   @jax.jit
-  def prepare(batch):
+  def run(batch):
     x, uv, K, _, _ = augment.augment(jax.random.key(0), batch, aug)
-    return x, uv, K
+    pred = model.apply(variables, x, K, train=False)
+    # The bone's metric length: FreiHAND's `scale` when it is the middle bone and known, else the ground truth's.
+    given = (batch["scale"] > 0) & (kp.bone == "middle")
+    s = jnp.where(given, batch["scale"], probe.targets(batch["xyz"], K, kp)["s"])
+    return dict(uv=pred["uv"], z_rel=pred["z_rel"], xyz=probe.reconstruct(pred, K, s, kp), gt_uv=uv, K=K,
+                crop=augment.denormalize(x))
 
   keys = ("index", "has_xyz", "valid", "scale")
-  out = {k: [] for k in ("uv", "z_rel", "xyz", "gt_uv", "gt_xyz", "K", "image", *keys)}
+  out = {k: [] for k in ("uv", "z_rel", "xyz", "gt_uv", "gt_xyz", "K", "crop", *keys)}
   ds = pretrain.input_pipeline(config, src, shuffle=False, num_epochs=1, batch_size=batch_size, drop_remainder=False)
   from tqdm import tqdm
 
@@ -56,25 +64,20 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
     for batch in ds:
       if limit is not None and n >= limit:
         break
-      x, uv, K = prepare({k: batch[k] for k in ("image", "uv", "K", "valid")})
-      pred = jax.device_get(fn(x, K))
-      # The bone's metric length: FreiHAND's `scale` when it is the middle bone and known, else the ground truth's.
-      s_gt = np.asarray(probe.targets(batch["xyz"], K, kp)["s"])
-      given = (batch["scale"] > 0) & (kp.bone == "middle")
-      if not np.all(given | batch["has_xyz"]):
-        raise probe.TrainingError(f"split {split!r}: sample {int(batch['index'][~(given | batch['has_xyz'])][0])} "
-                                  f"has neither 3-D labels nor a `scale` for the {kp.bone} bone, so its metric 3-D "
-                                  "is unknown (FreiHAND's scale files give the middle bone)")
-      s = np.where(given, batch["scale"], s_gt)
-      xyz = np.asarray(probe.reconstruct(pred, K, jnp.asarray(s), kp))
-      for k, v in (("uv", pred["uv"]), ("z_rel", pred["z_rel"]), ("xyz", xyz), ("gt_uv", uv),
-                   ("gt_xyz", batch["xyz"]), ("K", K), ("image", batch["image"]), *((k, batch[k]) for k in keys)):
+      known = ((batch["scale"] > 0) & (kp.bone == "middle")) | batch["has_xyz"]
+      if not known.all():
+        raise probe.TrainingError(f"split {split!r}: sample {int(batch['index'][~known][0])} has neither 3-D labels "
+                                  f"nor a `scale` for the {kp.bone} bone, so its metric 3-D is unknown (FreiHAND's "
+                                  "scale files give the middle bone)")
+      r = jax.device_get(run({k: batch[k] for k in ("image", "uv", "K", "valid", "xyz", "scale")}))
+      if n >= crops:
+        r["crop"] = r["crop"][:0]
+      for k, v in (*r.items(), ("gt_xyz", batch["xyz"]), *((k, batch[k]) for k in keys)):
         out[k].append(np.asarray(v))
       n += len(batch["index"])
       bar.update(len(batch["index"]))
-  out = {k: np.concatenate(v)[:limit] for k, v in out.items()}
-  order = np.argsort(out["index"], kind="stable")
-  return {k: v[order] for k, v in out.items()}
+  # The pipeline is unshuffled and single-process here, so the rows are in source order (pred.json relies on it).
+  return {k: np.concatenate(v)[:limit] for k, v in out.items()}
 
 
 def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None, data_root=None, tag=None):
@@ -199,12 +202,12 @@ def skeleton_grid(p, path, n=16, cols=4):
   """Crops with the ground-truth skeleton (white, thin) under the predicted one (finger colours)."""
   from PIL import ImageDraw
 
-  n = min(n, len(p["image"]))
-  s = p["image"].shape[1]
+  n = min(n, len(p["crop"]))
+  s = p["crop"].shape[1]
   up = max(1, 128 // s)  # small crops are enlarged so the skeletons stay readable
   sheet = Image.new("RGB", (cols * s * up, -(-n // cols) * s * up))
   for i in range(n):
-    im = Image.fromarray(p["image"][i]).resize((s * up, s * up), Image.BILINEAR)
+    im = Image.fromarray(p["crop"][i]).resize((s * up, s * up), Image.BILINEAR)
     draw = ImageDraw.Draw(im)
     gt = p["gt_uv"][i] * up
     for a, b in hand.BONES:

@@ -72,11 +72,10 @@ def load_crop(path, size, flip=False):
     image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   w, h = image.size
   side = max(w, h)
-  ox, oy = (side - w) / 2, (side - h) / 2
+  ox, oy = (side - w) // 2, (side - h) // 2
   s = size / side
   canvas = Image.new("RGB", (side, side))
-  canvas.paste(image, (int(ox), int(oy)))
-  ox, oy = int(ox), int(oy)
+  canvas.paste(image, (ox, oy))
   crop = canvas.resize((size, size), Image.BILINEAR)
   T = np.array([[s, 0, s * ox], [0, s, s * oy], [0, 0, 1]])
   return np.asarray(crop), T, (w, h)

@@ -74,14 +74,19 @@ def _flag(v):
 # ---------------------------------------------------------------------------------------------------------------
 # The studies.
 # ---------------------------------------------------------------------------------------------------------------
-def _pretrain_overrides(cfg, objective, ops):
-  """Overrides for pretraining `objective` with exactly the augmentations `ops`."""
+def _pretrain(cfg, name, objective, ops, peclr=None, relative=None, extra=(), tags=()):
+  """A pretraining run of `objective` with exactly the augmentations `ops`.
+
+  PeCLR undoes `peclr` (default: the geometric ones among `ops`) and the relative heads regress `relative` (default:
+  those of `ops` that have a head); "hybrid" does both.
+  """
   o = [("augment.ops", tuple(ops)), ("total_steps", cfg.pretrain_steps), *cfg.data_overrides]
-  if objective == "peclr":
-    o.append(("peclr.transforms", tuple(op for op in ops if op in GEOMETRIC)))
-  if objective == "relative":
-    o.append(("relative.transforms", tuple(op for op in ops if op in RELATIVE)))
-  return o
+  if objective in ("peclr", "hybrid"):
+    o.append(("peclr.transforms", tuple(op for op in ops if op in GEOMETRIC) if peclr is None else tuple(peclr)))
+  if objective in ("relative", "hybrid"):
+    o.append(("relative.transforms", tuple(op for op in ops if op in RELATIVE) if relative is None else
+              tuple(relative)))
+  return Run(name, "pretrain", f"pretrain.py:{objective},{cfg.size}", (*o, *extra), tags=tags)
 
 
 def _probe(cfg, name, needs, tags, mode=None):
@@ -103,8 +108,7 @@ def ablation(cfg, root=""):
         continue
       tags = (("augmentation", aug), ("objective", objective))
       pre = f"pretrain_{objective}_{aug}"
-      runs.append(Run(pre, "pretrain", f"pretrain.py:{objective},{cfg.size}",
-                      tuple(_pretrain_overrides(cfg, objective, (aug,))), tags=tags))
+      runs.append(_pretrain(cfg, pre, objective, (aug,), tags=tags))
       runs.append(_probe(cfg, f"probe_{objective}_{aug}", pre, tags))
   runs.append(_probe(cfg, "probe_random_init", "", (("augmentation", "-"), ("objective", "random init"))))
   return runs
@@ -115,8 +119,8 @@ def composition(cfg, root=""):
 
   `cfg.best` ("crop=peclr,rotate=peclr,...") or else the file `cfg.best_from` (study 1's `best_objectives.json`) maps
   augmentation -> objective; the pretraining objective
-  of a combination is PeCLR if any member's best is PeCLR, else relative if any is relative, else SimCLR, and PeCLR /
-  relative act on the members whose best they are (the others are plain invariances).
+  of a combination is PeCLR if any member's best is PeCLR, relative if any is relative, hybrid if both, else SimCLR;
+  PeCLR / relative act on the members whose best they are (the others are plain invariances).
   """
   import itertools
 
@@ -125,17 +129,13 @@ def composition(cfg, root=""):
   for k in range(2, len(best) + 1):
     for combo in itertools.combinations(sorted(best), k):
       objs = {best[a] for a in combo}
-      objective = "peclr" if "peclr" in objs else "relative" if "relative" in objs else "simclr"
-      o = [("augment.ops", combo), ("total_steps", cfg.pretrain_steps), *cfg.data_overrides]
-      if objective == "peclr":
-        o.append(("peclr.transforms", tuple(a for a in combo if best[a] == "peclr")))
-      if objective == "relative" or (objective == "peclr" and "relative" in objs):
-        if objective == "peclr":  # PeCLR + relative heads: the hybrid objective
-          objective = "hybrid"
-        o.append(("relative.transforms", tuple(a for a in combo if best[a] == "relative")))
+      objective = ("hybrid" if {"peclr", "relative"} <= objs else "peclr" if "peclr" in objs else
+                   "relative" if "relative" in objs else "simclr")
       name = "+".join(combo)
       tags = (("augmentations", name), ("objective", objective))
-      runs.append(Run(f"pretrain_{name}", "pretrain", f"pretrain.py:{objective},{cfg.size}", tuple(o), tags=tags))
+      runs.append(_pretrain(cfg, f"pretrain_{name}", objective, combo, tags=tags,
+                            peclr=[a for a in combo if best[a] == "peclr"],
+                            relative=[a for a in combo if best[a] == "relative"]))
       runs.append(_probe(cfg, f"probe_{name}", f"pretrain_{name}", tags))
   return runs
 
@@ -169,8 +169,7 @@ def supervised(cfg, root=""):
   for model in cfg.models:
     m = (("model.name", model),)
     pre = f"pretrain_peclr_{model}"
-    runs.append(Run(pre, "pretrain", f"pretrain.py:peclr,{cfg.size}",
-                    tuple(_pretrain_overrides(cfg, "peclr", cfg.ops)) + m, tags=(("model", model),)))
+    runs.append(_pretrain(cfg, pre, "peclr", cfg.ops, extra=m, tags=(("model", model),)))
     for fraction in cfg.label_fractions:
       for init, needs in (("scratch", ""), ("PeCLR", pre)):
         mode = "finetune" if needs else "scratch"
@@ -193,15 +192,15 @@ def cross_dataset(cfg, root):
                                                    ("workers", 1), *dict(style).items()))
           for d, style in (("A", cfg.domain_a), ("B", cfg.domain_b))]
   on_a = (("data.name", "freihand"), ("data.root", data["A"]), *cfg.data_overrides)
-  probes = [("scratch", "", "scratch", "none (supervised on A)")]
+  probes = [("scratch", "", "scratch", "no pretraining")]
   for pre, mix in (("A+B", (data["B"],)), ("A", ())):
     name = f"pretrain_peclr_{pre.replace('+', '')}"
-    runs.append(Run(name, "pretrain", f"pretrain.py:peclr,{cfg.size}",
-                    (*_pretrain_overrides(cfg, "peclr", cfg.ops), *on_a, ("data.mix_roots", mix)),
-                    after=("data_A", "data_B"), tags=(("pretraining", f"PeCLR on {pre}"),)))
+    runs.append(dataclasses.replace(
+        _pretrain(cfg, name, "peclr", cfg.ops, extra=(*on_a, ("data.mix_roots", mix))),
+        after=("data_A", "data_B"), tags=(("pretraining", f"PeCLR on {pre}"),)))
     probes += [(f"{mode}_{pre.replace('+', '')}", name, mode, f"PeCLR on {pre}") for mode in cfg.cross_probe_modes]
   for run_name, needs, mode, pretraining in probes:
-    tags = (("pretraining", pretraining), ("probe on A", mode))
+    tags = (("setting", f"{pretraining}, {mode} on A"),)
     runs.append(Run(run_name, "probe", f"probe.py:{mode},{cfg.size}", (("total_steps", cfg.probe_steps), *on_a),
                     needs=needs, after=("data_A",), tags=tags + (("evaluated on", "A"),)))
     runs.append(Run(f"eval_B_{run_name}", "evaluate", overrides=(("data-root", data["B"]), ("tag", "B")),
@@ -339,10 +338,7 @@ def report(cfg, runs, root):
     f.write(markdown(rows, f"{title} ({cfg.size})", sort="epe_2d_px"))
   if rows:
     group, series = {"ablation": ("augmentation", "objective"), "composition": ("augmentations", "objective"),
-                     "cross_dataset": ("evaluated on", None), "supervised": ("labels", "init")}[cfg.study]
-    if cfg.study == "cross_dataset":
-      series = "setting"
-      rows = [{**r, "setting": f"{r['pretraining']}, {r['probe on A']}"} for r in rows]
+                     "cross_dataset": ("evaluated on", "setting"), "supervised": ("labels", "init")}[cfg.study]
     plot(rows, os.path.join(root, "results.png"), group, series)
   if cfg.study == "ablation":
     with open(os.path.join(root, "best_objectives.json"), "w") as f:

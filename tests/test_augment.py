@@ -307,3 +307,8 @@ def test_unknown_op_is_named():
     augment.sample(jax.random.key(0), 2, _cfg(["rotate", "flip"]))
   with pytest.raises(ValueError, match="jitter_mode"):
     augment.sample(jax.random.key(0), 2, _cfg(["crop"], jitter_mode="left"))
+
+
+def test_denormalize_inverts_normalize():
+  x = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(np.uint8)
+  np.testing.assert_array_equal(augment.denormalize(augment.normalize(x.astype(np.float32))), x)

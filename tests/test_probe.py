@@ -124,6 +124,9 @@ def test_round_trip_reports_match_an_independent_computation(linear_run, data_ro
   for name in ("eval_evaluation.json", "eval_evaluation.md", "pck_evaluation.png", "skeletons_evaluation.png",
                "pred_evaluation.json", "pred_evaluation.zip", "probe.json"):
     assert os.path.isfile(os.path.join(workdir, name)), name
+  # The grid shows the model's 32 px input crops (the frame of the drawn uv), enlarged 4x, 4 x 4 of them.
+  with Image.open(os.path.join(workdir, "skeletons_evaluation.png")) as im:
+    assert im.size == (4 * 128, 4 * 128)
 
   # FreiHAND's submission format, in source order, metres.
   with open(os.path.join(workdir, "pred_evaluation.json")) as f:
