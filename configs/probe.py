@@ -51,6 +51,7 @@ def get_config(arg="linear"):
   c.head = ml_collections.ConfigDict(dict(
       kind="mlp" if mode == "mlp" else "linear",  # linear: Dense(63); mlp: Dense(hidden) -> BN -> ReLU -> Dense(63)
       hidden=512,
+      zero_init=True,  # the linear head starts at the crop centre and z_rel 0 (big_vision's head_zeroinit)
       feature_norm=True))  # affine-free BatchNorm on the features before the head (still linear at test time)
   c.keypoints = ml_collections.ConfigDict(dict(
       bone="middle",  # middle (FreiHAND's scale bone, 9->10) | index (Iqbal et al., 0->5)

@@ -1,6 +1,7 @@
 """Study configs: `python -m peclr_jax.study --config=configs/study.py:STUDY[,SIZE] --workdir=runs/STUDY`.
 
-STUDY: ablation (per-augmentation x objective, linear protocol), composition (combinations of >= 2 augmentations,
+STUDY: objectives (SimCLR vs PeCLR vs relative vs random init with the default augmentations: the research
+result), ablation (per-augmentation x objective, linear protocol), composition (combinations of >= 2 augmentations,
 each with its best objective from the ablation), cross_dataset (pretrain on two rendered domains A + B, probe on A,
 test on B, against supervised on A), supervised (scratch vs PeCLR + fine-tune per ResNet depth and label fraction).
 SIZE: cpu (reduced, for 2 cores), tiny (tests), full (the papers' scale; needs an accelerator).
@@ -17,7 +18,7 @@ import ml_collections
 
 from peclr_jax import configs
 
-STUDIES = ("ablation", "composition", "cross_dataset", "supervised")
+STUDIES = ("objectives", "ablation", "composition", "cross_dataset", "supervised")
 
 
 def get_config(arg="ablation,cpu"):
@@ -27,8 +28,12 @@ def get_config(arg="ablation,cpu"):
   c.parallel = 1  # runs at once (separate processes)
   c.dry_run = False  # write commands.sh and the (partial) results only
   c.data_overrides = ()  # ((key, value), ...) applied to every run, e.g. (("data.root", "/data/freihand"),)
-  c.pretrain_steps = {"full": -1, "cpu": 300, "tiny": 2}[size]  # -1: the pretraining config's epochs
-  c.probe_steps = {"full": -1, "cpu": 500, "tiny": 2}[size]
+  # Steps per run (-1: the configs' epochs). cpu: sized so each study takes well under 60 minutes on 2 cores.
+  cpu_steps = {"objectives": (1500, 1000), "ablation": (100, 200), "composition": (100, 200),
+               "cross_dataset": (200, 200), "supervised": (100, 150)}[study]
+  c.pretrain_steps, c.probe_steps = {"full": (-1, -1), "cpu": cpu_steps, "tiny": (2, 2)}[size]
+  if size == "cpu":
+    c.parallel = 2  # one run's compile overlaps the other's steps
   c.probe_mode = "linear"
   # Study 1.
   c.augmentations = ("crop", "scale", "rotate", "color_jitter", "color_drop", "blur", "noise", "cut_out", "sobel")
@@ -36,6 +41,7 @@ def get_config(arg="ablation,cpu"):
   # Study 2: study 1's choice per augmentation ("aug=objective,..." or the ablation's best_objectives.json).
   c.best = ""
   c.best_from = "runs/ablation/best_objectives.json"
+  c.compose = ("crop", "scale", "rotate", "color_jitter")  # the reference's four
   # Study 3: two embedded domains (options of `python -m peclr_jax.data.synthetic`).
   c.domain_a = (("distance", (0.3, 0.5)), ("skin", (0.0, 0.5)), ("backgrounds", "gradient,plain"), ("seed", 1))
   c.domain_b = (("distance", (0.5, 0.8)), ("skin", (0.5, 1.0)), ("backgrounds", "clutter,noise,shapes"), ("seed", 2))

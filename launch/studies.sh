@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The papers' four studies, one after another, on the embedded data (or on the data given by extra overrides).
+# The papers' studies, the research result (objectives) first, one after another, on the embedded data (or on the
+# data given by extra overrides).
 #
 #   bash launch/studies.sh [SIZE] [WORKDIR] [extra --config.key=value ...]
 #   bash launch/studies.sh cpu runs/studies
@@ -12,7 +13,7 @@ configs="$(cd "$(dirname "$0")/.." && pwd)/configs"
 size=${1:-cpu}
 root=${2:-runs/studies}
 shift $(( $# > 2 ? 2 : $# ))
-for study in ablation composition cross_dataset supervised; do
+for study in objectives ablation composition cross_dataset supervised; do
   extra=()
   if [[ $study == composition ]]; then
     extra=(--config.best_from="$root/ablation/best_objectives.json")

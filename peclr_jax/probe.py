@@ -67,7 +67,8 @@ class Regressor(nn.Module):
       h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False, momentum=0.9, epsilon=1e-6,
                        name="feature_norm")(h)
     if self.head.kind == "linear":
-      out = nn.Dense(63, name="head")(h).reshape(-1, 21, 3)
+      init = nn.initializers.zeros if self.head.get("zero_init", False) else nn.linear.default_kernel_init
+      out = nn.Dense(63, kernel_init=init, name="head")(h).reshape(-1, 21, 3)
     elif self.head.kind == "mlp":
       out = heads.MLPHead(self.head.hidden, 63, name="head")(h, train).reshape(-1, 21, 3)
     pred = decode(out, x.shape[1], self.keypoints.root)

@@ -95,6 +95,19 @@ def _probe(cfg, name, needs, tags, mode=None):
              needs=needs, tags=tags)
 
 
+def objectives(cfg, root=""):
+  """The research result: each objective with the pretraining config's own augmentations, then the linear protocol,
+  against a random-init encoder (PeCLR §4.1 / seed 000 §4.1: PeCLR < SimCLR < random init in 2D EPE)."""
+  runs = []
+  for objective in cfg.objectives:
+    tags = (("protocol", cfg.probe_mode), ("objective", objective))
+    runs.append(Run(f"pretrain_{objective}", "pretrain", f"pretrain.py:{objective},{cfg.size}",
+                    (("total_steps", cfg.pretrain_steps), *cfg.data_overrides), tags=tags))
+    runs.append(_probe(cfg, f"probe_{objective}", f"pretrain_{objective}", tags))
+  runs.append(_probe(cfg, "probe_random_init", "", (("protocol", cfg.probe_mode), ("objective", "random init"))))
+  return runs
+
+
 def ablation(cfg, root=""):
   """Study 1 (seed 000 §4.2): one augmentation at a time x objective, then the linear protocol; plus random init.
 
@@ -118,13 +131,15 @@ def composition(cfg, root=""):
   """Study 2 (seed 000 §4.3): every combination of >= 2 augmentations, each with its best objective from study 1.
 
   `cfg.best` ("crop=peclr,rotate=peclr,...") or else the file `cfg.best_from` (study 1's `best_objectives.json`) maps
-  augmentation -> objective; the pretraining objective
+  augmentation -> objective, restricted to `cfg.compose` (the reference's four); the pretraining objective
   of a combination is PeCLR if any member's best is PeCLR, relative if any is relative, hybrid if both, else SimCLR;
   PeCLR / relative act on the members whose best they are (the others are plain invariances).
   """
   import itertools
 
-  best = parse_best(cfg.best, cfg.best_from)
+  best = {a: o for a, o in parse_best(cfg.best, cfg.best_from).items() if a in cfg.compose}
+  if len(best) < 2:
+    raise ValueError(f"composition: fewer than 2 of config.compose={cfg.compose} have a best objective")
   runs = []
   for k in range(2, len(best) + 1):
     for combo in itertools.combinations(sorted(best), k):
@@ -208,7 +223,7 @@ def cross_dataset(cfg, root):
   return runs
 
 
-STUDIES = {"ablation": ablation, "composition": composition, "cross_dataset": cross_dataset,
+STUDIES = {"objectives": objectives, "ablation": ablation, "composition": composition, "cross_dataset": cross_dataset,
            "supervised": supervised}
 
 
@@ -290,7 +305,16 @@ def best_objectives(rows, metric="epe_2d_px"):
   return {a: o for a, (o, _) in best.items()}
 
 
-def markdown(rows, title, sort=None):
+def baseline(runs, root):
+  """The constant-prediction anchors of the first finished probe's evaluation (2D: the split's mean keypoints)."""
+  for r in runs:
+    if r.kind == "probe" and r.done(root):
+      with open(r.output(root)) as f:
+        return json.load(f).get("mean_pose_baseline", {})
+  return {}
+
+
+def markdown(rows, title, sort=None, anchor=None):
   if not rows:
     return f"# {title}\n\nNo finished runs yet.\n"
   if sort:
@@ -299,6 +323,10 @@ def markdown(rows, title, sort=None):
   fmt = lambda k, v: f"{v:.4f}" if k == "pa_auc" else f"{v:.2f}" if isinstance(v, float) else str(v)
   lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(fmt(k, r[k]) for k in cols) + " |" for r in rows]
+  if anchor and "epe_2d_px" in anchor:
+    lines += ["", f"A constant prediction scores {anchor['epe_2d_px']:.2f} px 2D EPE (the evaluation split's mean "
+              "keypoints)" + (f" and {anchor['pa_epe_mm']:.2f} mm PA-EPE (the training labels' mean pose)"
+                              if "pa_epe_mm" in anchor else "") + "."]
   return "\n".join(lines) + "\n"
 
 
@@ -328,16 +356,18 @@ def plot(rows, path, group, series):
 
 
 def report(cfg, runs, root):
-  rows = gather(runs, root)
+  rows, anchor = gather(runs, root), baseline(runs, root)
   with open(os.path.join(root, "results.json"), "w") as f:
-    json.dump(dict(study=cfg.study, size=cfg.size, rows=rows), f, indent=1)
-  title = {"ablation": "Per-augmentation ablation, linear protocol", "composition": "Composition search",
+    json.dump(dict(study=cfg.study, size=cfg.size, rows=rows, constant_baseline=anchor), f, indent=1)
+  title = {"objectives": "Objectives, linear protocol", "ablation": "Per-augmentation ablation, linear protocol",
+           "composition": "Composition search",
            "cross_dataset": "Cross-dataset: pretrain on A + B, probe on A, test on B",
            "supervised": "Supervised comparison"}[cfg.study]
   with open(os.path.join(root, "results.md"), "w") as f:
-    f.write(markdown(rows, f"{title} ({cfg.size})", sort="epe_2d_px"))
+    f.write(markdown(rows, f"{title} ({cfg.size})", sort="epe_2d_px", anchor=anchor))
   if rows:
-    group, series = {"ablation": ("augmentation", "objective"), "composition": ("augmentations", "objective"),
+    group, series = {"objectives": ("protocol", "objective"), "ablation": ("augmentation", "objective"),
+                     "composition": ("augmentations", "objective"),
                      "cross_dataset": ("evaluated on", "setting"), "supervised": ("labels", "init")}[cfg.study]
     plot(rows, os.path.join(root, "results.png"), group, series)
   if cfg.study == "ablation":

@@ -17,6 +17,17 @@ def cfg(name, **overrides):
   return c
 
 
+def test_objectives_pretrains_each_objective_with_its_default_augmentations():
+  runs = study.objectives(cfg("objectives"))
+  pre = {r.name: r for r in runs if r.kind == "pretrain"}
+  assert {n: r.config for n, r in pre.items()} == {
+      "pretrain_simclr": "pretrain.py:simclr,tiny", "pretrain_peclr": "pretrain.py:peclr,tiny",
+      "pretrain_relative": "pretrain.py:relative,tiny"}
+  assert all("augment.ops" not in dict(r.overrides) for r in pre.values())  # the config's own (the papers' best)
+  probes = {r.needs: r for r in runs if r.kind == "probe"}
+  assert set(probes) == set(pre) | {""} and dict(probes[""].tags)["objective"] == "random init"
+
+
 def test_ablation_runs_each_augmentation_with_the_objectives_that_differ():
   runs = study.ablation(cfg("ablation", augmentations=("crop", "rotate", "color_jitter", "blur")))
   pre = {r.name: dict(r.overrides) for r in runs if r.kind == "pretrain"}
@@ -43,6 +54,9 @@ def test_composition_is_every_combination_of_two_or_more():
   assert config == "pretrain.py:relative,tiny" and o["relative.transforms"] == ("scale",)
   config, o = pre["pretrain_crop+rotate+scale"]
   assert config == "pretrain.py:hybrid,tiny" and o["peclr.transforms"] == ("crop", "rotate")
+  # An ablation's best_objectives.json covers every augmentation; only config.compose is combined.
+  more = study.composition(cfg("composition", best=best + ",blur=simclr,sobel=simclr"))
+  assert [r.name for r in more] == [r.name for r in runs]
   with pytest.raises(ValueError, match="does not exist"):
     study.composition(cfg("composition", best_from="/nonexistent.json"))
   with pytest.raises(ValueError, match="bad or too few"):
@@ -116,6 +130,8 @@ def test_study_runs_resumes_and_tabulates(tmp_path):
   assert {(r["augmentation"], r["objective"]) for r in rows} == {("crop", "simclr"), ("-", "random init")}
   assert all(0 < r["epe_2d_px"] < 32 for r in rows)
   assert "| crop | simclr |" in (root / "results.md").read_text() and (root / "results.png").is_file()
+  anchor = json.loads((root / "results.json").read_text())["constant_baseline"]["epe_2d_px"]
+  assert f"A constant prediction scores {anchor:.2f} px" in (root / "results.md").read_text()
   assert json.loads((root / "best_objectives.json").read_text()) == {"crop": "simclr"}
   assert len((root / "commands.sh").read_text().splitlines()) == 1 + 3
 

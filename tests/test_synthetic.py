@@ -163,6 +163,17 @@ def test_generate_is_cached_by_spec(tmp_path):
   assert S.generate(out, 3, 1, seed=0, workers=1, progress=False)  # another spec re-renders
 
 
+def test_concurrent_generate_renders_once(tmp_path):
+  """Parallel study runs on the same missing set: one renders, the other waits for it and finds the manifest."""
+  from concurrent.futures import ThreadPoolExecutor
+
+  out = str(tmp_path / "d")
+  with ThreadPoolExecutor(2) as pool:
+    wrote = list(pool.map(lambda _: S.generate(out, 6, 2, seed=1, workers=1, progress=False), range(2)))
+  assert sorted(wrote) == [False, True]
+  assert len(os.listdir(os.path.join(out, "training", "rgb"))) == 6
+
+
 def test_depth_normals_of_a_tilted_plane():
   """Normals from the z-buffer equal the analytic normal of a plane Z = z0 + a X + b Y."""
   K = np.array([[390.0, 0, 112], [0, 390, 112], [0, 0, 1]])

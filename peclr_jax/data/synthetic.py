@@ -18,6 +18,7 @@ hand and mask, new background, light and skin.
 
 import argparse
 import dataclasses
+import fcntl
 import io
 import json
 import multiprocessing
@@ -449,26 +450,39 @@ MANIFEST = "synthetic.json"
 
 
 def generate(out, train, eval, seed=0, versions=1, style=Style(), workers=None, progress=True):
-  """Writes both splits unless `out` already holds exactly this set (the manifest is written last)."""
+  """Writes both splits unless `out` already holds exactly this set (the manifest is written last).
+
+  Processes that start on the same missing set (e.g. a study's parallel runs) take turns on a lock file: the first
+  renders, the others then find its manifest.
+  """
   spec = dict(train=train, eval=eval, seed=seed, versions=versions, style=dataclasses.asdict(style),
               size=SIZE, format=1)
   manifest = os.path.join(out, MANIFEST)
-  if os.path.exists(manifest):
-    with open(manifest) as f:
-      if json.load(f).get("spec") == json.loads(json.dumps(spec)):
-        return False
+
+  def done():
+    if os.path.exists(manifest):
+      with open(manifest) as f:
+        return json.load(f).get("spec") == json.loads(json.dumps(spec))
+    return False
+
+  if done():
+    return False
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise OSError(f"cannot create the synthetic data directory {out!r}: {e}") from e
-  if os.path.exists(manifest):
-    os.remove(manifest)
-  rates = {}
-  for split, n, v in (("training", train, versions), ("evaluation", eval, 1)):
-    if n:
-      rates[split] = write_split(out, split, n, seed, v, style, workers, progress=progress)
-  with open(manifest, "w") as f:
-    json.dump(dict(spec=spec, images_per_s=rates), f, indent=1)
+  with open(os.path.join(out, ".render.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+    if done():
+      return False
+    if os.path.exists(manifest):
+      os.remove(manifest)
+    rates = {}
+    for split, n, v in (("training", train, versions), ("evaluation", eval, 1)):
+      if n:
+        rates[split] = write_split(out, split, n, seed, v, style, workers, progress=progress)
+    with open(manifest, "w") as f:
+      json.dump(dict(spec=spec, images_per_s=rates), f, indent=1)
   return True
 
 
