@@ -10,8 +10,8 @@ Expected: `full` follows the reference (ResNet-50, 128 px, LARS-wrapped Adam, lr
 accumulation 16 x 128, 100 epochs, 10 warm-up, tau 0.5) and needs an accelerator; `cpu` runs ResNet-18 at quarter
 width on 64 px crops of the embedded hands, 600 steps of batch 64 in about 3.5 minutes on 2 cores (`python -m
 peclr_jax.main` measured 217 s); its online probe reached 11.90 px on the held-out evaluation split, and the
-downstream linear probe (configs/probe.py:linear,cpu) on it 11.86 px / PA-EPE 36.12 mm (random init: 11.50 px /
-35.35 mm; fine-tuning it: 9.16 px / 27.58 mm against 10.13 / 30.16 from scratch); `tiny` runs a few steps in seconds.
+downstream linear probe (configs/probe.py:linear,cpu) on it 10.64 px / PA-EPE 28.55 mm (random init: 11.30 px /
+30.02 mm; fine-tuning it: 8.24 px / 24.11 mm against 8.66 / 25.01 from scratch); `tiny` runs a few steps in seconds.
 Every field can be overridden as --config.key=value; unknown keys and wrong types fail before anything compiles.
 """
 
