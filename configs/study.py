@@ -16,7 +16,7 @@ command resumes. Results: `<workdir>/results.{md,json,png}`.
 
 Expected at cpu (2 cores, embedded data, 2 runs at a time; wall times measured with other work on the same cores):
 objectives 49 min, PeCLR 10.48 px < SimCLR 10.74 < relative 10.94 < random init 11.30 (linear 2D EPE); ablation
-25 min, composition 18 min, cross_dataset 10 min, supervised SUPERVISED_MIN min. The README's Results section has
+25 min, composition 18 min, cross_dataset 10 min, supervised 45 min. The README's Results section has
 the tables.
 """
 
