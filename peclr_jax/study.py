@@ -210,9 +210,9 @@ def cross_dataset(cfg, root):
   probes = [("scratch", "", "scratch", "no pretraining")]
   for pre, mix in (("A+B", (data["B"],)), ("A", ())):
     name = f"pretrain_peclr_{pre.replace('+', '')}"
-    runs.append(dataclasses.replace(
-        _pretrain(cfg, name, "peclr", cfg.ops, extra=(*on_a, ("data.mix_roots", mix))),
-        after=("data_A", "data_B"), tags=(("pretraining", f"PeCLR on {pre}"),)))
+    run = _pretrain(cfg, name, "peclr", cfg.ops, extra=(*on_a, ("data.mix_roots", mix)),
+                    tags=(("pretraining", f"PeCLR on {pre}"),))
+    runs.append(dataclasses.replace(run, after=("data_A", "data_B")))
     probes += [(f"{mode}_{pre.replace('+', '')}", name, mode, f"PeCLR on {pre}") for mode in cfg.cross_probe_modes]
   for run_name, needs, mode, pretraining in probes:
     tags = (("setting", f"{pretraining}, {mode} on A"),)
