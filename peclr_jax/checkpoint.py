@@ -1,20 +1,81 @@
-"""Orbax checkpoints: the train state, the grain iterator position and the config (JSON), saved together.
+"""Orbax checkpoints: the train state, the grain iterator position and the config (JSON), saved together; and
+the preemption signal that asks for one.
 
-The step directory is committed atomically by Orbax (a half-written save is never listed as the latest), saves
-are asynchronous and waited for before exit, and no pickle is involved anywhere.
+A step is written under `<step>.orbax-checkpoint-tmp-*` and renamed when complete, so a save cut short (crash,
+SIGKILL, full disk) is never listed as the latest and is removed at the next start. Saves are asynchronous and
+waited for before exit. No pickle anywhere: arrays via tensorstore, the iterator position and config as JSON.
 """
 
 import os
+import signal
+import threading
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 
+class Preempted(Exception):
+  """Training stopped on a signal after saving a checkpoint; re-running the same command resumes."""
+
+  def __init__(self, signum, step, workdir):
+    self.signum, self.step, self.workdir = signum, step, workdir
+    at = f"saved a checkpoint at step {step}" if step is not None else "the running runs saved checkpoints"
+    super().__init__(f"{signal.Signals(signum).name} received: {at} in {workdir}; run the same command again to "
+                     f"resume")
+
+
+class Preemption:
+  """Turns SIGTERM / SIGINT into a request to checkpoint and stop at the next step boundary.
+
+  One process: Python handlers set a flag (a second SIGINT interrupts at once). Several processes
+  (jax.distributed): JAX's own notifier catches SIGTERM and `reached_preemption_sync_point` makes every
+  process stop after the same step; SIGINT keeps its default there, as processes cannot agree on it.
+  """
+
+  def __enter__(self):
+    self.signum, self.previous = None, {}
+    self.multi = jax.process_count() > 1
+    if not self.multi and threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self.previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT == signum:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for s, h in self.previous.items():
+      signal.signal(s, h)
+
+  def reached(self, step):
+    """Whether to checkpoint and stop after `step` (every process must call this at every step)."""
+    if self.multi:
+      from jax.experimental import multihost_utils
+
+      if multihost_utils.reached_preemption_sync_point(int(step)):
+        self.signum = self.signum or signal.SIGTERM
+    return self.signum is not None
+
+
 def manager(workdir, keep=3, every=None):
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every or 1, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every or 1, create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                item_names=("state", "data", "config"))
+
+
+def latest_step(workdir):
+  """The newest complete checkpoint's step in `workdir` (None if there is none), from the directory listing alone.
+
+  Orbax renames `<step>.orbax-checkpoint-tmp` to `<step>` once the save is complete, so a plain number is a complete
+  step; no manager is made (which would synchronise processes: this may run on one process of several).
+  """
+  path = os.path.join(workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  return max(steps, default=None)
 
 
 def save(mngr, step, state, data_iter, config, force=False):
@@ -54,8 +115,9 @@ def export_encoder(path, params, batch_stats, model_config):
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(path, "variables"), {"params": params, "batch_stats": batch_stats}, force=True)
   ckptr.wait_until_finished()
-  with open(os.path.join(path, "model.json"), "w") as f:
-    json.dump(model_config, f, indent=1)
+  if jax.process_index() == 0:
+    with open(os.path.join(path, "model.json"), "w") as f:
+      json.dump(model_config, f, indent=1)
 
 
 def load_encoder(path):

@@ -11,9 +11,10 @@ class Writer:
   def __init__(self, workdir, tensorboard=True):
     self.enabled = jax.process_index() == 0
     self.tb = None
+    self.path = os.path.join(workdir, "metrics.jsonl")
     if not self.enabled:
       return
-    self.f = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self.f = open(self.path, "a")
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -34,7 +35,10 @@ class Writer:
 
   def close(self):
     if self.enabled:
-      self.f.close()
+      try:
+        self.f.close()
+      except OSError:  # a failed flush (full disk) was already reported by write()
+        pass
       if self.tb is not None:
         self.tb.close()
 

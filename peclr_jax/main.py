@@ -21,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from peclr_jax import evaluate, hand, pretrain, probe
+from peclr_jax import checkpoint, evaluate, hand, pretrain, probe
 from peclr_jax.data import common, freihand, pipeline, synthetic
 
 
@@ -93,7 +93,13 @@ def main(argv=None):
   print(f"wrote {args.workdir}/contact_sheet.png, crops.png, summary.json ({time.perf_counter() - t0:.1f} s)")
   if args.skip_pretrain:
     return
-  pretrain_and_compare(args, t0)
+  try:
+    pretrain_and_compare(args, t0)
+  except (pretrain.TrainingError, common.DataError) as e:
+    raise SystemExit(f"error: {e}") from None
+  except checkpoint.Preempted as e:  # the same command resumes: finished stages are found, the others resume
+    print(f"stopped: {e}", flush=True)
+    raise SystemExit(128 + e.signum) from None
 
 
 def pretrain_and_compare(args, t0):

@@ -5,13 +5,17 @@
 One jitted step over a mesh with a `data` axis (batch sharded, state replicated): two augmented views made on
 device from fold_in(seed, step), one forward pass over both (global BatchNorm and global negatives), the
 objective, an online linear probe on stop-gradient features (2D keypoints), and the optimiser update. The host
-logs the step's measurements, stops on NaN/inf, and checkpoints state + data iterator + config with Orbax;
-restarting with the same workdir resumes.
+logs the step's measurements, stops on NaN/inf, and checkpoints state + data iterator + config with Orbax (also on
+SIGTERM / SIGINT, then exits); restarting with the same workdir resumes. Several processes (hosts):
+
+  python -m peclr_jax.pretrain --config=... --workdir=... --distributed=on [--coordinator=host:port
+      --num_processes=N --process_id=I]      # or bash launch/local.sh N WORKDIR; see sharding.init_distributed
 """
 
 import dataclasses
 import math
 import os
+import shutil
 import time
 
 import flax
@@ -23,12 +27,16 @@ import numpy as np
 import optax
 
 from peclr_jax import augment, checkpoint, log, models, objectives, optim, sharding
-from peclr_jax.data import freihand, pipeline, synthetic
+from peclr_jax.data import common, freihand, pipeline, synthetic
 from peclr_jax.models import heads
 
 
 class TrainingError(RuntimeError):
   """The run cannot go on (NaN/inf loss, bad config); the message says why and what was kept."""
+
+
+class WriteError(TrainingError):
+  """A checkpoint or log could not be written (full disk, quota, permissions); names the path and what was kept."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +228,7 @@ class Result:
 def check_workdir(workdir):
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # one per process: they may share a disk
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -269,6 +277,8 @@ def train(config, workdir, freeze_encoder=False, progress=True, devices=None, st
   if restored is not None:
     state = restored
   start = int(state.step)
+  if start and jax.process_index() == 0:
+    print(f"resumed from the checkpoint of step {start} in {workdir}", flush=True)
 
   step_fn = jax.jit(make_train_step(config, model, tx, base_key), donate_argnums=(0,),
                     out_shardings=(state_sharding, repl))
@@ -276,7 +286,7 @@ def train(config, workdir, freeze_encoder=False, progress=True, devices=None, st
   state, rows = run_steps(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, stop_at=stop_at,
                           desc=desc, progress=progress, views=2, postfix=dict(loss=".3f", probe_epe_px=".2f"),
                           keys=DEVICE_KEYS)
-  if jax.process_index() == 0 and int(state.step) == steps and steps > start:
+  if int(state.step) == steps and steps > start:  # every process takes part in the (process-0) write
     variables = jax.device_get({k: getattr(state, k)["encoder"] for k in ("params", "batch_stats")})
     checkpoint.export_encoder(os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"],
                               config.model.to_dict())
@@ -290,44 +300,107 @@ def run_steps(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, *, 
   Every `log_every` steps the step's measurements go to metrics.jsonl / TensorBoard (plus images_per_s, counting
   `views` images per example); every `ckpt_every` steps and at the end, state + data iterator + config are saved.
   Measurements are checked on the host before each log and save: NaN/inf stops with the step and the last good
-  checkpoint named. Returns (state, logged rows).
+  checkpoint named. SIGTERM / SIGINT save the current step and raise checkpoint.Preempted; a corrupt image saves
+  the last finished step and names the file; a failed write names the path. Returns (state, logged rows).
   """
   from tqdm import tqdm
 
   start = int(state.step)
   last = steps if stop_at is None else min(steps, stop_at)
   writer = log.Writer(workdir)
-  bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
-  rows, t_log, n_log = [], time.perf_counter(), 0
+  bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or jax.process_index() != 0,
+             dynamic_ncols=True)
+  rows, t_log, n_log, saved, skipped, m = [], time.perf_counter(), 0, start, 0, None
+
+  def finite(m, step):
+    m = jax.device_get(m)
+    # param_norm is taken after the update, so a finite row also vouches for the state about to be saved.
+    bad = [k for k, v in m.items() if not np.isfinite(v)]
+    if bad:
+      kept = checkpoint.latest_step(workdir)
+      raise TrainingError(
+          f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
+          f"Last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
+    return m
+
+  def write_failed(what, e):
+    kept = checkpoint.latest_step(workdir)
+    return WriteError(f"could not write {what}: {e}. Last complete checkpoint: "
+                      f"{'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
+
+  need = sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1 + 2**20  # one more checkpoint until the oldest goes
+
+  def wait(step):
+    try:
+      mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - an async write error surfaces here, whatever its type
+      raise write_failed(f"the checkpoint of step {step} under {mngr.directory}", e) from e
+
+  def save(step, now=False):
+    nonlocal saved
+    wait(saved)  # the previous async save first, so a failure names its own step
+    free = shutil.disk_usage(workdir).free
+    if free < need:  # a full disk fails here, cleanly, rather than half-way through Orbax's writer threads
+      raise write_failed(f"the checkpoint of step {step} under {mngr.directory}",
+                         f"{free / 2**20:.1f} MiB free, about {need / 2**20:.1f} MiB needed")
+    try:
+      checkpoint.save(mngr, step, state, data_iter, config)
+    except Exception as e:  # noqa: BLE001
+      raise write_failed(f"the checkpoint of step {step} under {mngr.directory}", e) from e
+    saved = step
+    if now:
+      wait(step)
+
+  def save_now(step):
+    """Checkpoints the finished `step` now (a stop that is not at a ckpt_every step); says what was kept."""
+    if step > saved:
+      finite(m, step)
+      save(step, now=True)
+      return f"saved a checkpoint at step {step}"
+    return f"last checkpoint: step {saved}" if saved > 0 else "no checkpoint yet"
+
   try:
-    for step in range(start + 1, last + 1):
-      batch = {k: v for k, v in next(data_iter).items() if k in keys}
-      state, m = step_fn(state, sharding.put_batch(batch, mesh))
-      n_log += config.batch_size
-      is_log, is_ckpt = step % config.log_every == 0 or step == last, step % config.ckpt_every == 0 or step == last
-      if is_log or is_ckpt:
-        m = jax.device_get(m)
-        # param_norm is taken after the update, so a finite row also vouches for the state about to be saved.
-        bad = [k for k, v in m.items() if not np.isfinite(v)]
-        if bad:
-          kept = mngr.latest_step()
-          raise TrainingError(
-              f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
-              f"Last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
-      if is_log:
-        now = time.perf_counter()
-        m["images_per_s"] = views * n_log / (now - t_log)
-        t_log, n_log = now, 0
-        writer.write(step, m)
-        rows.append({"step": step, **{k: float(v) for k, v in m.items()}})
-        bar.set_postfix({k: format(m[k], f) for k, f in dict(postfix).items()})
-      if is_ckpt:
-        checkpoint.save(mngr, step, state, data_iter, config)
-      bar.update(1)
+    with checkpoint.Preemption() as stop:
+      for step in range(start + 1, last + 1):
+        try:
+          record = next(data_iter)
+        except common.DataError as e:  # the iterator still points at this batch, so a resume retries it
+          # A save needs every process, and the others are not stopping: with several, the last one is kept.
+          kept = save_now(step - 1) if jax.process_count() == 1 else f"last checkpoint: step {saved}"
+          raise TrainingError(f"{e} (batch of step {step}); {kept}. Fix or remove the file, or set "
+                              f"--config.data.skip_corrupt=True, and run again to resume") from None
+        skipped += int(np.sum(record.get("skipped", 0)))
+        state, m = step_fn(state, sharding.put_batch({k: v for k, v in record.items() if k in keys}, mesh))
+        n_log += config.batch_size
+        is_log, is_ckpt = step % config.log_every == 0 or step == last, step % config.ckpt_every == 0 or step == last
+        if is_log or is_ckpt:
+          m = finite(m, step)
+        if is_log:
+          now = time.perf_counter()
+          m["images_per_s"] = views * n_log / (now - t_log)
+          if config.data.get("skip_corrupt", False):
+            m["skipped_images"] = skipped  # corrupt images this process replaced since the (re)start
+          t_log, n_log = now, 0
+          try:
+            writer.write(step, m)
+          except OSError as e:
+            raise write_failed(f"{writer.path}", e) from e
+          rows.append({"step": step, **{k: float(v) for k, v in m.items()}})
+          bar.set_postfix({k: format(m[k], f) for k, f in dict(postfix).items()})
+        if is_ckpt:
+          save(step)
+        bar.update(1)
+        if stop.reached(step):
+          save_now(step)
+          raise checkpoint.Preempted(stop.signum, step, workdir)
+    wait(saved)
   finally:
     bar.close()
-    mngr.wait_until_finished()
     writer.close()
+    try:
+      mngr.wait_until_finished()  # never leave an async save behind; its error, if any, was raised above
+    except Exception:  # noqa: BLE001
+      pass
   return state, rows
 
 
@@ -374,8 +447,12 @@ def load_config(spec):
   raise FileNotFoundError(f"config file {path!r} not found (also looked in the repository's configs/)")
 
 
-def parse_flags(argv, config_help):
-  """Defines and parses --config/--workdir; a mistyped key or a wrong type is one clear error, before any work."""
+def parse_flags(argv, config_help, distributed=False):
+  """Defines and parses --config/--workdir; a mistyped key or a wrong type is one clear error, before any work.
+
+  With `distributed`, also --distributed/--coordinator/--num_processes/--process_id, and jax.distributed is
+  initialised from them (sharding.init_distributed) before anything touches a device.
+  """
   import sys
 
   from absl import flags
@@ -384,6 +461,12 @@ def parse_flags(argv, config_help):
   if "config" not in flags.FLAGS:
     config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and TensorBoard logs go")
+  if distributed and "distributed" not in flags.FLAGS:
+    flags.DEFINE_enum("distributed", "auto", sharding.MODES, "start jax.distributed: auto = when a multi-process "
+                      "launcher is detected (JAX_COORDINATOR_ADDRESS, srun with several tasks, a TPU pod)")
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 (default: detected, or JAX_COORDINATOR_ADDRESS)")
+    flags.DEFINE_integer("num_processes", None, "number of processes (default: detected)")
+    flags.DEFINE_integer("process_id", None, "this process's index (default: detected)")
   try:
     flags.FLAGS(sys.argv if argv is None else argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -392,15 +475,33 @@ def parse_flags(argv, config_help):
     raise SystemExit(f"error: bad command line: {msg}") from None
   if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
     raise SystemExit("error: --config and --workdir are required")
+  if distributed:
+    f = flags.FLAGS
+    sharding.init_distributed(f.distributed, f.coordinator, f.num_processes, f.process_id)
   return flags.FLAGS.config, flags.FLAGS.workdir
 
 
+def exit_after_write_error(e):
+  """Prints the error and exits at once: Orbax's failed writer futures would bury it under tracebacks at exit."""
+  import sys
+
+  print(f"error: {e}", file=sys.stderr, flush=True)
+  os._exit(1)
+
+
 def main(argv=None):
-  config, workdir = parse_flags(argv, "configs/pretrain.py:OBJECTIVE[,SIZE]")
+  config, workdir = parse_flags(argv, "configs/pretrain.py:OBJECTIVE[,SIZE]", distributed=True)
   try:
     result = train(config, workdir)
-  except TrainingError as e:
+  except WriteError as e:
+    exit_after_write_error(e)
+  except (TrainingError, common.DataError) as e:
     raise SystemExit(f"error: {e}") from None
+  except checkpoint.Preempted as e:
+    print(f"stopped: {e}", flush=True)
+    raise SystemExit(128 + e.signum) from None  # the shell's "killed by signal" status: the run is not finished
+  if jax.process_index() != 0:
+    return
   last = result.metrics[-1] if result.metrics else {}
   print(f"done: step {int(result.state.step)}, loss {last.get('loss', float('nan')):.4f}, online probe 2D error "
         f"{last.get('probe_epe_px', float('nan')):.2f} px; checkpoints in {result.workdir}/checkpoints")

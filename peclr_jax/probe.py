@@ -444,8 +444,13 @@ def main(argv=None):
   config, workdir = pretrain.parse_flags(argv, "configs/probe.py:MODE[,SIZE]")
   try:
     result, reports = run(config, workdir)
+  except pretrain.WriteError as e:
+    pretrain.exit_after_write_error(e)
   except (TrainingError, FileNotFoundError, common.DataError) as e:
     raise SystemExit(f"error: {e}") from None
+  except checkpoint.Preempted as e:
+    print(f"stopped: {e}", flush=True)
+    raise SystemExit(128 + e.signum) from None
   if result is None:
     print(f"label-fraction table: {workdir}/label_fraction.md")
     return

@@ -1,10 +1,12 @@
 """Device mesh and batch placement: one `data` axis, batch sharded, state replicated (reference §8.2-8.3).
 
-Multi-host: `init_distributed()` calls `jax.distributed.initialize` only when asked (flag or PECLR_DISTRIBUTED=1),
-before any device is touched; each process then feeds its share of the global batch and
-`jax.make_array_from_process_local_data` assembles the global array.
+Multi-host: `init_distributed()` starts `jax.distributed` before any device is touched, when asked
+(`--distributed=on`) or when a multi-process launcher is detected (`auto`: JAX_COORDINATOR_ADDRESS set, an srun
+step of several tasks, a TPU pod's worker list). The mesh then spans every process's devices; each process feeds
+its block of the global batch and `jax.make_array_from_process_local_data` assembles the global array.
 """
 
+import logging
 import os
 
 import jax
@@ -12,17 +14,42 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+MODES = ("auto", "on", "off")
 
-def init_distributed(enable=None, coordinator=None, num_processes=None, process_id=None):
-  """Initialises jax.distributed when enabled (explicitly or by PECLR_DISTRIBUTED=1); a no-op otherwise."""
-  if enable is None:
-    enable = os.environ.get("PECLR_DISTRIBUTED", "0") == "1"
-  if enable:
-    # With no arguments JAX auto-detects the cluster (Cloud TPU, SLURM, Kubernetes).
-    kw = {k: v for k, v in dict(coordinator_address=coordinator, num_processes=num_processes,
-                                process_id=process_id).items() if v is not None}
-    jax.distributed.initialize(**kw)
-  return enable
+
+def detect(env=None):
+  """The multi-process launcher this process runs under: "coordinator", "slurm", "tpu", or None (one process)."""
+  env = os.environ if env is None else env
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "coordinator"
+  if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:  # inside `srun` with several tasks, not the batch step
+    return "slurm"
+  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # more than one host in the TPU slice
+    return "tpu"
+  return None
+
+
+def init_distributed(mode="auto", coordinator=None, num_processes=None, process_id=None, timeout=300):
+  """Initialises jax.distributed for `mode` (auto | on | off); returns whether it did.
+
+  Arguments left None are read from the environment (JAX_COORDINATOR_ADDRESS, ...) or detected by JAX (Cloud
+  TPU metadata, SLURM variables). On CPU the cross-process collectives go through gloo.
+  """
+  if mode not in MODES:
+    raise ValueError(f"--distributed={mode!r}: expected one of {MODES}")
+  explicit = coordinator is not None or num_processes is not None or process_id is not None
+  if mode == "off" or (mode == "auto" and not explicit and detect() is None):
+    return False
+  try:  # cross-process collectives for CPU devices (GPU / TPU have their own)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, KeyError, ValueError):  # a jax without the option: its default is used
+    logging.warning("jax has no jax_cpu_collectives_implementation; CPU runs across processes may not work")
+  kw = {k: v for k, v in dict(coordinator_address=coordinator, num_processes=num_processes,
+                              process_id=process_id).items() if v is not None}
+  jax.distributed.initialize(initialization_timeout=timeout, **kw)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
 
 
 def mesh(devices=None):

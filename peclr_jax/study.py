@@ -231,13 +231,43 @@ STUDIES = {"objectives": objectives, "ablation": ablation, "composition": compos
 # Running.
 # ---------------------------------------------------------------------------------------------------------------
 def execute(runs, root, parallel=1, log=print, poll=1.0):
-  """Runs what is not done yet, respecting `needs`; returns the names of runs that failed."""
+  """Runs what is not done yet, respecting `needs`; returns the names of runs that failed.
+
+  On SIGTERM / SIGINT no new run starts; SIGTERM is passed on to the running ones (a terminal's Ctrl-C reaches them
+  already), which checkpoint and exit, and then checkpoint.Preempted is raised: re-running the study resumes.
+  """
+  import signal
+  import threading
+
+  from peclr_jax import checkpoint
+
   pending = [r for r in runs if not r.done(root)]
   for r in runs:
     if r.done(root):
       log(f"[done]    {r.name}")
-  failed, active = [], {}
-  while pending or active:
+  failed, active, stop = [], {}, []
+
+  def on_signal(signum, frame):
+    stop.append(signum)
+    if signum == signal.SIGTERM:
+      for _, proc, _, _ in active.values():
+        proc.send_signal(signum)
+
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    failed = _execute(runs, root, parallel, log, poll, pending, failed, active, stop)
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+  if stop:
+    raise checkpoint.Preempted(stop[0], None, root)
+  return failed
+
+
+def _execute(runs, root, parallel, log, poll, pending, failed, active, stop):
+  while (pending and not stop) or active:
     # A run whose input run failed can never start.
     for r in [r for r in pending if set(r.requires()) & set(failed)]:
       pending.remove(r)
@@ -245,7 +275,7 @@ def execute(runs, root, parallel=1, log=print, poll=1.0):
       log(f"[skipped] {r.name}: {', '.join(sorted(set(r.requires()) & set(failed)))} failed")
     blocked = {r.name for r in pending} | set(active) | set(failed)
     ready = [r for r in pending if not set(r.requires()) & blocked]
-    while ready and len(active) < parallel:
+    while ready and len(active) < parallel and not stop:
       r = ready.pop(0)
       pending.remove(r)
       os.makedirs(r.workdir(root), exist_ok=True)
@@ -260,6 +290,8 @@ def execute(runs, root, parallel=1, log=print, poll=1.0):
       del active[name]
       if proc.returncode == 0 and r.done(root):
         log(f"[ok]      {name} ({time.perf_counter() - t0:.0f} s)")
+      elif stop and proc.returncode > 128:  # checkpointed on the signal; resumes with the study
+        log(f"[stopped] {name} (exit {proc.returncode})")
       else:
         failed.append(name)
         log(f"[failed]  {name} (exit {proc.returncode}); see {os.path.join(r.workdir(root), 'run.log')}")
@@ -377,7 +409,7 @@ def report(cfg, runs, root):
 
 
 def main(argv=None):
-  from peclr_jax import pretrain
+  from peclr_jax import checkpoint, pretrain
 
   cfg, root = pretrain.parse_flags(argv, "configs/study.py:STUDY[,SIZE]")
   root = os.path.abspath(root)
@@ -390,7 +422,11 @@ def main(argv=None):
     raise SystemExit(f"error: {e}") from None
   write_commands(runs, root)
   t0 = time.perf_counter()
-  failed = [] if cfg.dry_run else execute(runs, root, cfg.parallel)
+  try:
+    failed = [] if cfg.dry_run else execute(runs, root, cfg.parallel)
+  except checkpoint.Preempted as e:
+    print(f"stopped: {e}", flush=True)
+    raise SystemExit(128 + e.signum) from None
   rows = report(cfg, runs, root)
   print(f"{len(rows)} results in {root}/results.md ({time.perf_counter() - t0:.0f} s)")
   if failed:

@@ -123,6 +123,36 @@ def test_bad_command_lines_fail_before_any_work(override, message, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("problem", ["missing root", "annotation length"])
+def test_bad_dataset_is_one_line_naming_the_file(problem, data_root, tmp_path):
+  import json
+  import shutil
+  import subprocess
+  import sys
+
+  root = str(tmp_path / "FreiHAND")
+  if problem == "missing root":
+    path = root
+  else:
+    from peclr_jax.data import synthetic
+
+    synthetic.generate(data_root, 64, 16, 0, progress=False)  # the tiny config's set (a no-op once rendered)
+    shutil.copytree(data_root, root)
+    path = os.path.join(root, "training_xyz.json")
+    with open(path) as f:
+      xyz = json.load(f)
+    with open(path, "w") as f:
+      json.dump(xyz[:-1], f)  # one label short
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=configs/pretrain.py:peclr,tiny",
+         f"--workdir={tmp_path / 'w'}", "--config.data.name=freihand", f"--config.data.root={root}"]
+  r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+  assert path in line, line
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
 def test_unwritable_workdir(data_root, tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(pretrain.TrainingError, match="not writable"):

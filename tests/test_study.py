@@ -112,6 +112,33 @@ def test_a_failed_encoder_skips_its_probe_and_the_rest_goes_on(tmp_path):
   assert "resnet7" in (tmp_path / "bad" / "run.log").read_text()
 
 
+def test_sigterm_reaches_the_running_runs_and_starts_no_more(tmp_path):
+  import signal
+  import threading
+  import time
+
+  from peclr_jax import checkpoint
+
+  class Sleeper(study.Run):  # a run that, like the trainers, exits 143 on SIGTERM
+    def command(self, root):
+      code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+              "open(sys.argv[1], 'w').close(); time.sleep(60)")
+      return [sys.executable, "-c", code, str(tmp_path / f"{self.name}.started")]
+
+  def terminate():
+    while not (tmp_path / "a.started").exists():
+      time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)  # to the study only, as a scheduler may send it
+
+  threading.Thread(target=terminate, daemon=True).start()
+  lines, t0 = [], time.time()
+  with pytest.raises(checkpoint.Preempted, match="SIGTERM received"):
+    study.execute([Sleeper("a", "pretrain"), Sleeper("b", "pretrain")], str(tmp_path), parallel=1,
+                  log=lines.append, poll=0.05)
+  assert "[stopped] a (exit 143)" in lines and time.time() - t0 < 30
+  assert not (tmp_path / "b.started").exists()
+
+
 def test_study_runs_resumes_and_tabulates(tmp_path):
   root, data = tmp_path / "study", tmp_path / "data"
   argv = [sys.executable, "-m", "peclr_jax.study", "--config=configs/study.py:ablation,tiny", f"--workdir={root}",

@@ -15,8 +15,6 @@ from PIL import Image
 
 from peclr_jax.data import common
 
-SKIPPED = {"count": 0}  # corrupt images replaced by this process (with skip_corrupt=True)
-
 
 def decode(record):
   """Decodes `image_bytes` to `image` uint8 [H, W, 3] (mirrored when `flip`); names the file if it is corrupt."""
@@ -34,8 +32,9 @@ def decode(record):
 
 
 class _Decode:
-  """`decode`; with skip_corrupt a corrupt record is replaced by the next readable one of the source (logged and
-  counted), so batches keep their shape and stay deterministic."""
+  """`decode`; with skip_corrupt a corrupt record is replaced by the next readable one of the source (logged, and
+  counted in the sample's `skipped`, so the count survives worker processes), so batches keep their shape and stay
+  deterministic."""
 
   def __init__(self, source, skip_corrupt):
     self.source, self.skip_corrupt = source, skip_corrupt
@@ -43,12 +42,14 @@ class _Decode:
   def __call__(self, record):
     for k in range(1, 101):
       try:
-        return decode(record)
+        sample = decode(record)
+        if self.skip_corrupt:
+          sample["skipped"] = np.int32(k - 1)
+        return sample
       except common.DataError as e:
         if not self.skip_corrupt:
           raise
-        SKIPPED["count"] += 1
-        logging.warning("%s; replaced by the next record (%d skipped so far in this process)", e, SKIPPED["count"])
+        logging.warning("%s; replaced by the next record", e)
         record = self.source[(int(record["index"]) + k) % len(self.source)]
     raise common.DataError(f"100 corrupt images in a row in {self.source!r}")
 
