@@ -477,7 +477,10 @@ def parse_flags(argv, config_help, distributed=False):
     raise SystemExit("error: --config and --workdir are required")
   if distributed:
     f = flags.FLAGS
-    sharding.init_distributed(f.distributed, f.coordinator, f.num_processes, f.process_id)
+    try:
+      sharding.init_distributed(f.distributed, f.coordinator, f.num_processes, f.process_id)
+    except ValueError as e:
+      raise SystemExit(f"error: {e}") from None
   return flags.FLAGS.config, flags.FLAGS.workdir
 
 

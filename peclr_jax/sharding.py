@@ -29,23 +29,36 @@ def detect(env=None):
   return None
 
 
+def arguments(coordinator=None, num_processes=None, process_id=None, env=None):
+  """jax.distributed.initialize's arguments from the flags, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID; those still unknown are left to JAX's cluster detection."""
+  env = os.environ if env is None else env
+  coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
+  num_processes = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
+  kw = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  try:
+    return {k: v if k == "coordinator_address" else int(v) for k, v in kw.items() if v is not None}
+  except ValueError:
+    raise ValueError(f"JAX_NUM_PROCESSES={num_processes!r} / JAX_PROCESS_ID={process_id!r}: expected integers"
+                     ) from None
+
+
 def init_distributed(mode="auto", coordinator=None, num_processes=None, process_id=None, timeout=300):
   """Initialises jax.distributed for `mode` (auto | on | off); returns whether it did.
 
-  Arguments left None are read from the environment (JAX_COORDINATOR_ADDRESS, ...) or detected by JAX (Cloud
-  TPU metadata, SLURM variables). On CPU the cross-process collectives go through gloo.
+  Arguments left None are read from the environment (`arguments`) or detected by JAX (Cloud TPU metadata, SLURM
+  variables). On CPU the cross-process collectives go through gloo.
   """
   if mode not in MODES:
     raise ValueError(f"--distributed={mode!r}: expected one of {MODES}")
-  explicit = coordinator is not None or num_processes is not None or process_id is not None
-  if mode == "off" or (mode == "auto" and not explicit and detect() is None):
+  kw = arguments(coordinator, num_processes, process_id)
+  if mode == "off" or (mode == "auto" and not kw and detect() is None):
     return False
   try:  # cross-process collectives for CPU devices (GPU / TPU have their own)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, KeyError, ValueError):  # a jax without the option: its default is used
     logging.warning("jax has no jax_cpu_collectives_implementation; CPU runs across processes may not work")
-  kw = {k: v for k, v in dict(coordinator_address=coordinator, num_processes=num_processes,
-                              process_id=process_id).items() if v is not None}
   jax.distributed.initialize(initialization_timeout=timeout, **kw)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -113,6 +113,15 @@ def test_launcher_detection(env, want):
   assert sharding.detect(env) == want
 
 
+def test_flags_override_the_environment():
+  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+  assert sharding.arguments(env=env) == dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2)
+  assert sharding.arguments("h:1", 8, 0, env=env) == dict(coordinator_address="h:1", num_processes=8, process_id=0)
+  assert sharding.arguments(env={}) == {}  # left to JAX's cluster detection
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='four'"):
+    sharding.arguments(env={"JAX_NUM_PROCESSES": "four"})
+
+
 def test_off_does_nothing_and_a_bad_mode_is_named():
   assert not sharding.init_distributed("off", coordinator="127.0.0.1:1")
   with pytest.raises(ValueError, match="'maybe'"):
