@@ -101,9 +101,10 @@ def test_commands_are_the_clis_with_literal_overrides():
 
 
 def test_a_failed_encoder_skips_its_probe_and_the_rest_goes_on(tmp_path):
-  runs = [study.Run("bad", "pretrain", "pretrain.py:simclr,tiny", (("model.name", "resnet7"),)),
-          study.Run("bad_probe", "probe", "probe.py:linear,tiny", needs="bad"),
-          study.Run("other", "pretrain", "pretrain.py:simclr,tiny", (("total_steps", 0),))]
+  data = ("data.root", str(tmp_path / "data"))  # not the repository's data/synthetic
+  runs = [study.Run("bad", "pretrain", "pretrain.py:simclr,tiny", (("model.name", "resnet7"), data)),
+          study.Run("bad_probe", "probe", "probe.py:linear,tiny", (data,), needs="bad"),
+          study.Run("other", "pretrain", "pretrain.py:simclr,tiny", (("total_steps", 0), data))]
   lines = []
   failed = study.execute(runs, str(tmp_path), parallel=2, log=lines.append, poll=0.1)
   assert set(failed) == {"bad", "bad_probe", "other"}  # total_steps=0 is an error too, but it did run
