@@ -43,7 +43,8 @@ def get_config(arg="peclr"):
 
   c.model = ml_collections.ConfigDict(dict(
       name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
-      proj_hidden=512, proj_out=128, rel_hidden=1024))
+      proj_hidden=512, proj_out=128, rel_hidden=1024,
+      conv_grad="xla"))  # ResNet weight gradients: xla, or chunked (summed over batch chunks; ~1.6x faster on CPU)
 
   c.temperature = 0.5
   c.peclr = ml_collections.ConfigDict(dict(transforms=("translate", "rotate"), translation_norm="reference"))

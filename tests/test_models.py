@@ -176,3 +176,60 @@ def test_encoder_factory():
   assert isinstance(models.encoder(ConfigDict(dict(name="hourglass", stacks=1, **base))), models.Hourglass25D)
   r = models.encoder(ConfigDict(dict(name="resnet18", **base)), name="enc")
   assert isinstance(r, models.ResNet) and r.small_stem and r.name == "enc"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The chunked weight-gradient convolution against jax.grad of lax's.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch, size, cin, cout, k, stride", [(8, 12, 3, 8, 7, 2), (6, 9, 5, 4, 3, 1),
+                                                                (8, 8, 4, 6, 1, 2), (4, 10, 4, 4, 3, 2)])
+def test_chunked_conv_gradients_equal_lax(batch, size, cin, cout, k, stride, monkeypatch):
+  from jax import lax
+
+  from peclr_jax.models import conv
+
+  monkeypatch.setattr(conv, "POSITIONS", 1)  # one image per chunk and device: as many chunks as possible
+  x = jax.random.normal(jax.random.key(1), (batch, size, size, cin))
+  w = jax.random.normal(jax.random.key(2), (k, k, cin, cout))
+  t = jax.random.normal(jax.random.key(3), (batch, -(-size // stride), -(-size // stride), cout))
+  args = ((stride, stride), [(k // 2, k // 2)] * 2)
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def loss(f, x, w):
+    return jnp.sum(jnp.sin(f(x, w, *args, dimension_numbers=dn)) * t)
+
+  assert conv.num_chunks(batch, (size // stride) ** 2) > 1
+  np.testing.assert_allclose(conv.conv_general_dilated(x, w, *args, dimension_numbers=dn),
+                             lax.conv_general_dilated(x, w, *args, dimension_numbers=dn), rtol=1e-6, atol=1e-6)
+  want = jax.grad(functools.partial(loss, lax.conv_general_dilated), (0, 1))(x, w)
+  got = jax.jit(jax.grad(functools.partial(loss, conv.conv_general_dilated), (0, 1)))(x, w)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+def test_chunked_resnet_gradients_equal_xla_on_a_sharded_batch(monkeypatch):
+  """The config switch (model.conv_grad): same gradients, with the batch split over 2 devices as in training."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from peclr_jax import sharding
+  from peclr_jax.models import conv
+
+  monkeypatch.setattr(conv, "POSITIONS", 64)
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  mesh = sharding.mesh(jax.devices()[:2])
+  x = jax.device_put(x, NamedSharding(mesh, P("data")))
+  grads = {}
+  for mode in ("xla", "chunked"):
+    m = models.create("resnet18", width=8, small_stem=True, conv_grad=mode)
+    v = m.init(KEY, x[:2], train=True)
+
+    def loss(p, m=m, v=v):
+      h, _ = m.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(h))
+
+    grads[mode] = jax.jit(jax.grad(loss))(v["params"])
+  for a, b in zip(jax.tree.leaves(grads["chunked"]), jax.tree.leaves(grads["xla"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+  with pytest.raises(ValueError, match="conv_grad"):
+    models.create("resnet18", width=8, conv_grad="fast").init(KEY, x[:2], train=True)

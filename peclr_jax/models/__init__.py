@@ -12,7 +12,7 @@ def encoder(model, name=None):
   if model.name == "hourglass":
     return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), name=name)
   return create(model.name, width=model.width, small_stem=model.small_stem, zero_init_last_bn=model.zero_init_last_bn,
-                name=name)
+                conv_grad=model.get("conv_grad", "xla"), name=name)
 
 
 __all__ = ["ENCODERS", "MODELS", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead", "RelativeHead",

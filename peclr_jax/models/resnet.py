@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from peclr_jax.models import conv as conv_lib
+
 ModuleDef = Any
 
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -83,6 +85,7 @@ class ResNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
+  conv_grad: str = "xla"  # weight gradients: "xla", or "chunked" (summed over batch chunks; faster on CPU)
 
   @property
   def features(self):
@@ -92,7 +95,11 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool):
     if self.depth not in STAGES:
       raise ValueError(f"depth must be one of {sorted(STAGES)}, got {self.depth}")
-    conv = functools.partial(nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype)
+    if self.conv_grad not in ("xla", "chunked"):
+      raise ValueError(f"conv_grad must be 'xla' or 'chunked', got {self.conv_grad!r}")
+    chunked = conv_lib.conv_general_dilated if self.conv_grad == "chunked" else None
+    conv = functools.partial(nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype,
+                             conv_general_dilated=chunked)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_eps, dtype=self.dtype)
     block = BasicBlock if self.depth < 50 else Bottleneck

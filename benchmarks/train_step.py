@@ -1,0 +1,209 @@
+"""Pretraining throughput: images/s of our jitted step (both views augmented on device, forward, loss, backward,
+optimiser) against the same network and loss written in PyTorch, in the same run.
+
+    python benchmarks/train_step.py [--models resnet18 resnet50] [--objectives simclr peclr] [--size 128]
+                                    [--batch 32] [--steps 5] [--conv-grad xla chunked] [--no-torch]
+
+PyTorch comes with the `bench` extra (pip install -e '.[bench]'); without it only our side is timed. Compile time
+and the first step are excluded; images/s counts both views (2 x batch per step). The PyTorch side runs the same
+ResNet v1.5 and projection head (channels-last), NT-Xent (PeCLR: the projection as 2-D points, the view's
+rotation and translation undone first) and Adam, with a lighter augmentation in the step (one affine warp by
+affine_grid/grid_sample and a colour gain). Ours also runs the config's full augmentation (HSV jitter), the
+LARS-wrapped Adam and the online probe, so the comparison leans towards PyTorch. FLOPs per image are XLA's cost
+analysis of our step; MFU is against a large float32 matmul measured here.
+"""
+
+import argparse
+import math
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from peclr_jax import pretrain, sharding
+
+
+def flax_step(model_name, objective, size, batch, conv_grad):
+  """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`."""
+  c = pretrain.load_config(f"pretrain.py:{objective}")
+  c.model.name, c.model.conv_grad, c.augment.out_size, c.batch_size = model_name, conv_grad, size, batch
+  c.data.host_size = int(size * 1.25)
+  c.total_steps, c.optim.accum_steps = 1000, 1
+  model = pretrain.Pretrainer(c.model, c.objective, pretrain.relative_dims(c))
+  tx = pretrain.make_optimizer(c, 1000, 100.0)
+  mesh = sharding.mesh()
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, size, size, 3)), train=True))(jax.random.key(0))
+  state = pretrain.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                              tx.init(variables["params"]))
+  h = c.data.host_size
+  rng = np.random.default_rng(0)
+  uv = rng.uniform(0.3 * h, 0.7 * h, (batch, 21, 2)).astype(np.float32)
+  host = dict(image=rng.integers(0, 255, (batch, h, h, 3), dtype=np.uint8), uv=uv,
+              K=np.tile(np.eye(3, dtype=np.float32), (batch, 1, 1)), valid=np.ones((batch, 21), bool))
+  step = jax.jit(pretrain.make_train_step(c, model, tx, jax.random.key(1)), donate_argnums=(0,))
+  return step, state, sharding.put_batch(host, mesh)
+
+
+def time_flax(model_name, objective, size, batch, steps, conv_grad):
+  step, state, b = flax_step(model_name, objective, size, batch, conv_grad)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, b).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) / (2 * batch) if cost else float("nan")
+  state, m = compiled(state, b)  # warm-up
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, b)
+  jax.block_until_ready(m)
+  return 2 * batch * steps / (time.perf_counter() - t0), flops, compile_s
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The PyTorch side: the same ResNet v1.5, heads and losses.
+# ---------------------------------------------------------------------------------------------------------------
+def torch_model(name, proj_hidden=512, proj_out=128):
+  import torch
+  from torch import nn
+
+  class Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, c, stride):
+      super().__init__()
+      self.f = nn.Sequential(nn.Conv2d(cin, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                             nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+      self.skip = (nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+                   if stride != 1 or cin != c else nn.Identity())
+
+    def forward(self, x):
+      return torch.relu(self.f(x) + self.skip(x))
+
+  class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, c, stride):
+      super().__init__()
+      self.f = nn.Sequential(nn.Conv2d(cin, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                             nn.Conv2d(c, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                             nn.Conv2d(c, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c))
+      self.skip = (nn.Sequential(nn.Conv2d(cin, 4 * c, 1, stride, bias=False), nn.BatchNorm2d(4 * c))
+                   if stride != 1 or cin != 4 * c else nn.Identity())
+
+    def forward(self, x):
+      return torch.relu(self.f(x) + self.skip(x))
+
+  block, depths = {"resnet18": (Basic, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}[name]
+  layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                 nn.MaxPool2d(3, 2, 1)], 64
+  for i, d in enumerate(depths):
+    for j in range(d):
+      layers.append(block(cin, 64 * 2 ** i, 2 if i and not j else 1))
+      cin = 64 * 2 ** i * block.expansion
+  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+             nn.Linear(cin, proj_hidden), nn.BatchNorm1d(proj_hidden), nn.ReLU(inplace=True),
+             nn.Linear(proj_hidden, proj_out)]
+  return nn.Sequential(*layers)
+
+
+def time_torch(model_name, objective, size, batch, steps):
+  import torch
+  import torch.nn.functional as F
+
+  torch.manual_seed(0)
+  net = torch_model(model_name).to(memory_format=torch.channels_last)
+  opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+  h = int(size * 1.25)
+  images = torch.randint(0, 255, (batch, 3, h, h), dtype=torch.uint8)
+
+  def views(x):
+    """One affine warp per view (rotation, scale, shift) to size x size, then a random colour gain."""
+    b = x.shape[0]
+    angle = (torch.rand(b) * 2 - 1) * math.pi / 4
+    scale = 0.8 + 0.2 * torch.rand(b)
+    theta = torch.stack([torch.stack([scale * torch.cos(angle), -scale * torch.sin(angle), 0.1 * torch.rand(b)], 1),
+                         torch.stack([scale * torch.sin(angle), scale * torch.cos(angle), 0.1 * torch.rand(b)], 1)], 1)
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    v = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    v = v * (0.5 + torch.rand(b, 3, 1, 1))
+    return ((v / 255 - 0.5) / 0.25).contiguous(memory_format=torch.channels_last), angle, theta[:, :, 2]
+
+  def nt_xent(z1, z2, tau=0.5):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / tau
+    sim.fill_diagonal_(-1e9)
+    n = z1.shape[0]
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return F.cross_entropy(sim, target)
+
+  def undo(z, angle, shift):
+    p = z.view(z.shape[0], -1, 2) - shift[:, None, :]
+    c, s = torch.cos(-angle)[:, None], torch.sin(-angle)[:, None]
+    return torch.stack([c * p[..., 0] - s * p[..., 1], s * p[..., 0] + c * p[..., 1]], -1).flatten(1)
+
+  def step():
+    (x1, a1, t1), (x2, a2, t2) = views(images), views(images)
+    z1, z2 = net(torch.cat([x1, x2])).chunk(2)
+    if objective == "peclr":
+      z1, z2 = undo(z1, a1, t1), undo(z2, a2, t2)
+    loss = nt_xent(z1, z2)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  step()  # warm-up
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    step()
+  return 2 * batch * steps / (time.perf_counter() - t0)
+
+
+def matmul_peak(n=2048, reps=10):
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(reps):
+    r = f(a)
+  r.block_until_ready()
+  return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+  p.add_argument("--objectives", nargs="+", default=["simclr", "peclr"])
+  p.add_argument("--size", type=int, default=128)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--conv-grad", nargs="+", default=["xla", "chunked"], help="config.model.conv_grad values")
+  p.add_argument("--no-torch", action="store_true")
+  args = p.parse_args()
+  try:
+    import torch
+    torch_version = None if args.no_torch else torch.__version__
+  except ImportError:
+    torch_version = None
+  peak = matmul_peak()
+  print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
+        f"{jax.devices()[0].device_kind}, torch {torch_version or '-'}; batch {args.batch} x 2 views at "
+        f"{args.size} px; float32 matmul peak measured {peak / 1e9:.0f} GFLOP/s")
+  print("| model | objective | conv_grad | ours img/s | PyTorch img/s | ratio | GFLOP/img | MFU | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name in args.models:
+    for objective in args.objectives:
+      theirs = time_torch(name, objective, args.size, args.batch, args.steps) if torch_version else float("nan")
+      for conv_grad in args.conv_grad:
+        ours, flops, compile_s = time_flax(name, objective, args.size, args.batch, args.steps, conv_grad)
+        print(f"| {name} | {objective} | {conv_grad} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | "
+              f"{flops / 1e9:.2f} | {ours * flops / peak:.0%} | {compile_s:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
