@@ -26,10 +26,12 @@ import numpy as np
 from peclr_jax import pretrain, sharding
 
 
-def flax_step(model_name, objective, size, batch, conv_grad):
-  """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`."""
+def flax_step(model_name, objective, size, batch, conv_grad, width=64):
+  """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`; `batch`
+  is this process's share."""
   c = pretrain.load_config(f"pretrain.py:{objective}")
   c.model.name, c.model.conv_grad, c.augment.out_size, c.batch_size = model_name, conv_grad, size, batch
+  c.model.width = width
   c.data.host_size = int(size * 1.25)
   c.total_steps, c.optim.accum_steps = 1000, 1
   model = pretrain.Pretrainer(c.model, c.objective, pretrain.relative_dims(c))
