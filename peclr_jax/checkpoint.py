@@ -6,6 +6,7 @@ SIGKILL, full disk) is never listed as the latest and is removed at the next sta
 waited for before exit. No pickle anywhere: arrays via tensorstore, the iterator position and config as JSON.
 """
 
+import contextlib
 import os
 import signal
 import threading
@@ -25,6 +26,20 @@ class Preempted(Exception):
                      f"resume")
 
 
+@contextlib.contextmanager
+def handling(signals, handler):
+  """`handler` for `signals` inside the block, the previous handlers restored after (main thread only: Python
+  cannot install handlers elsewhere, so other threads keep the defaults)."""
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    previous = {s: signal.signal(s, handler) for s in signals}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
 class Preemption:
   """Turns SIGTERM / SIGINT into a request to checkpoint and stop at the next step boundary.
 
@@ -34,11 +49,9 @@ class Preemption:
   """
 
   def __enter__(self):
-    self.signum, self.previous = None, {}
-    self.multi = jax.process_count() > 1
-    if not self.multi and threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
-        self.previous[s] = signal.signal(s, self._handle)
+    self.signum, self.multi = None, jax.process_count() > 1
+    self._handling = handling(() if self.multi else (signal.SIGTERM, signal.SIGINT), self._handle)
+    self._handling.__enter__()
     return self
 
   def _handle(self, signum, frame):
@@ -47,8 +60,7 @@ class Preemption:
     self.signum = signum
 
   def __exit__(self, *exc):
-    for s, h in self.previous.items():
-      signal.signal(s, h)
+    return self._handling.__exit__(*exc)
 
   def reached(self, step):
     """Whether to checkpoint and stop after `step` (every process must call this at every step)."""

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from peclr_jax import checkpoint, evaluate, hand, pretrain, probe
+from peclr_jax import evaluate, hand, pretrain, probe
 from peclr_jax.data import common, freihand, pipeline, synthetic
 
 
@@ -66,10 +66,8 @@ def main(argv=None):
   p.add_argument("--probe-steps", type=int, default=None, help="linear-probe steps (default: the cpu config's)")
   p.add_argument("--skip-pretrain", action="store_true", help="only render and check the data")
   args = p.parse_args(argv)
-  try:
+  with pretrain.cli_errors():
     pretrain.check_workdir(args.workdir)
-  except pretrain.TrainingError as e:
-    raise SystemExit(f"error: {e}") from None
 
   t0 = time.perf_counter()
   wrote = synthetic.generate(args.data, args.train, args.eval, args.seed)
@@ -93,13 +91,8 @@ def main(argv=None):
   print(f"wrote {args.workdir}/contact_sheet.png, crops.png, summary.json ({time.perf_counter() - t0:.1f} s)")
   if args.skip_pretrain:
     return
-  try:
+  with pretrain.cli_errors():  # after a stop the same command resumes: finished stages are found, the rest resume
     pretrain_and_compare(args, t0)
-  except (pretrain.TrainingError, common.DataError) as e:
-    raise SystemExit(f"error: {e}") from None
-  except checkpoint.Preempted as e:  # the same command resumes: finished stages are found, the others resume
-    print(f"stopped: {e}", flush=True)
-    raise SystemExit(128 + e.signum) from None
 
 
 def pretrain_and_compare(args, t0):

@@ -12,6 +12,7 @@ SIGTERM / SIGINT, then exits); restarting with the same workdir resumes. Several
       --num_processes=N --process_id=I]      # or bash launch/local.sh N WORKDIR; see sharding.init_distributed
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -312,21 +313,21 @@ def run_steps(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, *, 
              dynamic_ncols=True)
   rows, t_log, n_log, saved, skipped, m = [], time.perf_counter(), 0, start, 0, None
 
+  def kept():
+    step = checkpoint.latest_step(workdir)
+    return f"{'none' if step is None else f'step {step}'} in {workdir}"
+
   def finite(m, step):
     m = jax.device_get(m)
     # param_norm is taken after the update, so a finite row also vouches for the state about to be saved.
     bad = [k for k, v in m.items() if not np.isfinite(v)]
     if bad:
-      kept = checkpoint.latest_step(workdir)
-      raise TrainingError(
-          f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
-          f"Last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
+      raise TrainingError(f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without "
+                          f"saving. Last good checkpoint: {kept()}")
     return m
 
   def write_failed(what, e):
-    kept = checkpoint.latest_step(workdir)
-    return WriteError(f"could not write {what}: {e}. Last complete checkpoint: "
-                      f"{'step ' + str(kept) if kept is not None else 'none'} in {workdir}")
+    return WriteError(f"could not write {what}: {e}. Last complete checkpoint: {kept()}")
 
   need = sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1 + 2**20  # one more checkpoint until the oldest goes
 
@@ -484,25 +485,28 @@ def parse_flags(argv, config_help, distributed=False):
   return flags.FLAGS.config, flags.FLAGS.workdir
 
 
-def exit_after_write_error(e):
-  """Prints the error and exits at once: Orbax's failed writer futures would bury it under tracebacks at exit."""
+@contextlib.contextmanager
+def cli_errors(*more):
+  """How the command-line tools end: one `error:` line (status 1) for TrainingError, DataError and `more`; after a
+  preemption, `stopped:` and status 128 + signal, the shell's "killed by signal" (the run is not finished)."""
   import sys
 
-  print(f"error: {e}", file=sys.stderr, flush=True)
-  os._exit(1)
+  try:
+    yield
+  except WriteError as e:  # exit at once: Orbax's failed writer futures would bury the line under tracebacks
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    os._exit(1)
+  except (TrainingError, common.DataError, *more) as e:
+    raise SystemExit(f"error: {e}") from None
+  except checkpoint.Preempted as e:
+    print(f"stopped: {e}", flush=True)
+    raise SystemExit(128 + e.signum) from None
 
 
 def main(argv=None):
   config, workdir = parse_flags(argv, "configs/pretrain.py:OBJECTIVE[,SIZE]", distributed=True)
-  try:
+  with cli_errors():
     result = train(config, workdir)
-  except WriteError as e:
-    exit_after_write_error(e)
-  except (TrainingError, common.DataError) as e:
-    raise SystemExit(f"error: {e}") from None
-  except checkpoint.Preempted as e:
-    print(f"stopped: {e}", flush=True)
-    raise SystemExit(128 + e.signum) from None  # the shell's "killed by signal" status: the run is not finished
   if jax.process_index() != 0:
     return
   last = result.metrics[-1] if result.metrics else {}

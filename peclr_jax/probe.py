@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from peclr_jax import augment, checkpoint, geometry, models, optim, pretrain, sharding
-from peclr_jax.data import common, freihand
+from peclr_jax.data import freihand
 from peclr_jax.models import heads
 
 MODES = ("linear", "mlp", "finetune", "scratch", "label_fraction")
@@ -442,15 +442,8 @@ def run(config, workdir, progress=True, evaluate_splits=("evaluation",)):
 
 def main(argv=None):
   config, workdir = pretrain.parse_flags(argv, "configs/probe.py:MODE[,SIZE]")
-  try:
+  with pretrain.cli_errors(FileNotFoundError):
     result, reports = run(config, workdir)
-  except pretrain.WriteError as e:
-    pretrain.exit_after_write_error(e)
-  except (TrainingError, FileNotFoundError, common.DataError) as e:
-    raise SystemExit(f"error: {e}") from None
-  except checkpoint.Preempted as e:
-    print(f"stopped: {e}", flush=True)
-    raise SystemExit(128 + e.signum) from None
   if result is None:
     print(f"label-fraction table: {workdir}/label_fraction.md")
     return

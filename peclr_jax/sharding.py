@@ -18,10 +18,9 @@ MODES = ("auto", "on", "off")
 
 
 def detect(env=None):
-  """The multi-process launcher this process runs under: "coordinator", "slurm", "tpu", or None (one process)."""
+  """The multi-process launcher this process runs under: "slurm", "tpu", or None (an explicit coordinator, flag or
+  JAX_COORDINATOR_ADDRESS, is one of `arguments`)."""
   env = os.environ if env is None else env
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    return "coordinator"
   if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:  # inside `srun` with several tasks, not the batch step
     return "slurm"
   if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # more than one host in the TPU slice

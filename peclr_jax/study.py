@@ -237,7 +237,6 @@ def execute(runs, root, parallel=1, log=print, poll=1.0):
   already), which checkpoint and exit, and then checkpoint.Preempted is raised: re-running the study resumes.
   """
   import signal
-  import threading
 
   from peclr_jax import checkpoint
 
@@ -253,50 +252,39 @@ def execute(runs, root, parallel=1, log=print, poll=1.0):
       for _, proc, _, _ in active.values():
         proc.send_signal(signum)
 
-  previous = {}
-  if threading.current_thread() is threading.main_thread():
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    failed = _execute(runs, root, parallel, log, poll, pending, failed, active, stop)
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  with checkpoint.handling((signal.SIGTERM, signal.SIGINT), on_signal):
+    while (pending and not stop) or active:
+      # A run whose input run failed can never start.
+      for r in [r for r in pending if set(r.requires()) & set(failed)]:
+        pending.remove(r)
+        failed.append(r.name)
+        log(f"[skipped] {r.name}: {', '.join(sorted(set(r.requires()) & set(failed)))} failed")
+      blocked = {r.name for r in pending} | set(active) | set(failed)
+      ready = [r for r in pending if not set(r.requires()) & blocked]
+      while ready and len(active) < parallel and not stop:
+        r = ready.pop(0)
+        pending.remove(r)
+        os.makedirs(r.workdir(root), exist_ok=True)
+        out = open(os.path.join(r.workdir(root), "run.log"), "a")
+        log(f"[start]   {r.name}: {shlex.join(r.command(root))}")
+        active[r.name] = (r, subprocess.Popen(r.command(root), stdout=out, stderr=subprocess.STDOUT), out,
+                          time.perf_counter())
+      for name, (r, proc, out, t0) in list(active.items()):
+        if proc.poll() is None:
+          continue
+        out.close()
+        del active[name]
+        if proc.returncode == 0 and r.done(root):
+          log(f"[ok]      {name} ({time.perf_counter() - t0:.0f} s)")
+        elif stop and proc.returncode > 128:  # checkpointed on the signal; resumes with the study
+          log(f"[stopped] {name} (exit {proc.returncode})")
+        else:
+          failed.append(name)
+          log(f"[failed]  {name} (exit {proc.returncode}); see {os.path.join(r.workdir(root), 'run.log')}")
+      if active:
+        time.sleep(poll)
   if stop:
     raise checkpoint.Preempted(stop[0], None, root)
-  return failed
-
-
-def _execute(runs, root, parallel, log, poll, pending, failed, active, stop):
-  while (pending and not stop) or active:
-    # A run whose input run failed can never start.
-    for r in [r for r in pending if set(r.requires()) & set(failed)]:
-      pending.remove(r)
-      failed.append(r.name)
-      log(f"[skipped] {r.name}: {', '.join(sorted(set(r.requires()) & set(failed)))} failed")
-    blocked = {r.name for r in pending} | set(active) | set(failed)
-    ready = [r for r in pending if not set(r.requires()) & blocked]
-    while ready and len(active) < parallel and not stop:
-      r = ready.pop(0)
-      pending.remove(r)
-      os.makedirs(r.workdir(root), exist_ok=True)
-      out = open(os.path.join(r.workdir(root), "run.log"), "a")
-      log(f"[start]   {r.name}: {shlex.join(r.command(root))}")
-      active[r.name] = (r, subprocess.Popen(r.command(root), stdout=out, stderr=subprocess.STDOUT), out,
-                        time.perf_counter())
-    for name, (r, proc, out, t0) in list(active.items()):
-      if proc.poll() is None:
-        continue
-      out.close()
-      del active[name]
-      if proc.returncode == 0 and r.done(root):
-        log(f"[ok]      {name} ({time.perf_counter() - t0:.0f} s)")
-      elif stop and proc.returncode > 128:  # checkpointed on the signal; resumes with the study
-        log(f"[stopped] {name} (exit {proc.returncode})")
-      else:
-        failed.append(name)
-        log(f"[failed]  {name} (exit {proc.returncode}); see {os.path.join(r.workdir(root), 'run.log')}")
-    if active:
-      time.sleep(poll)
   return failed
 
 
@@ -409,24 +397,19 @@ def report(cfg, runs, root):
 
 
 def main(argv=None):
-  from peclr_jax import checkpoint, pretrain
+  from peclr_jax import pretrain
 
   cfg, root = pretrain.parse_flags(argv, "configs/study.py:STUDY[,SIZE]")
   root = os.path.abspath(root)
   if cfg.study not in STUDIES:
     raise SystemExit(f"error: config.study={cfg.study!r}: expected one of {sorted(STUDIES)}")
-  try:
+  with pretrain.cli_errors(ValueError):
     pretrain.check_workdir(root)
     runs = STUDIES[cfg.study](cfg, root)
-  except (pretrain.TrainingError, ValueError) as e:
-    raise SystemExit(f"error: {e}") from None
   write_commands(runs, root)
   t0 = time.perf_counter()
-  try:
+  with pretrain.cli_errors():
     failed = [] if cfg.dry_run else execute(runs, root, cfg.parallel)
-  except checkpoint.Preempted as e:
-    print(f"stopped: {e}", flush=True)
-    raise SystemExit(128 + e.signum) from None
   rows = report(cfg, runs, root)
   print(f"{len(rows)} results in {root}/results.md ({time.perf_counter() - t0:.0f} s)")
   if failed:

@@ -103,7 +103,7 @@ def test_two_processes_equal_one_process_through_a_preemption(data_root, tmp_pat
 
 @pytest.mark.parametrize("env, want", [
     ({}, None),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "coordinator"),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, None),  # not a launcher: an argument (below)
     ({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "3"}, "slurm"),
     ({"SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1"}, None),  # the batch script itself, before srun
     ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, "tpu"),

@@ -55,13 +55,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
   def bwd(res, g):
     x, w = res
-    dx = jax.vjp(lambda x: conv(x, w), x)[1](g)
+    (dx,) = jax.vjp(lambda x: conv(x, w), x)[1](g)
     n = num_chunks(x.shape[0], math.prod(g.shape[i] for i in dn.out_spec[2:]))
-    if n == 1:
-      return dx[0], weight_grad(conv, x, w, g)
     xs, gs = x.reshape(-1, n, *x.shape[1:]), g.reshape(-1, n, *g.shape[1:])
     dw = sum(weight_grad(conv, xs[:, j], w, gs[:, j]).astype(jnp.float32) for j in range(n))
-    return dx[0], dw.astype(w.dtype)
+    return dx, dw.astype(w.dtype)
 
   f.defvjp(fwd, bwd)
   return f(lhs, rhs)
