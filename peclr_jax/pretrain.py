@@ -493,8 +493,11 @@ def cli_errors(*more):
 
   try:
     yield
-  except WriteError as e:  # exit at once: Orbax's failed writer futures would bury the line under tracebacks
-    print(f"error: {e}", file=sys.stderr, flush=True)
+  except WriteError as e:  # Orbax's failed writer threads print tracebacks, even at exit: mute them, say why, go
+    sys.stderr.flush()
+    err = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.write(err, f"error: {e}\n".encode())
     os._exit(1)
   except (TrainingError, common.DataError, *more) as e:
     raise SystemExit(f"error: {e}") from None
