@@ -2,7 +2,8 @@
 optimiser) against the same network and loss written in PyTorch, in the same run.
 
     python benchmarks/train_step.py [--models resnet18 resnet50] [--objectives simclr peclr] [--size 128]
-                                    [--batch 32] [--steps 5] [--conv-grad xla chunked] [--no-torch]
+                                    [--batch 32] [--steps 5] [--conv xla cpu] [--dtype float32]
+                                    [--no-torch]
 
 PyTorch comes with the `bench` extra (pip install -e '.[bench]'); without it only our side is timed. Compile time
 and the first step are excluded; images/s counts both views (2 x batch per step). The PyTorch side runs the same
@@ -10,7 +11,8 @@ ResNet v1.5 and projection head (channels-last), NT-Xent (PeCLR: the projection 
 rotation and translation undone first) and Adam, with a lighter augmentation in the step (one affine warp by
 affine_grid/grid_sample and a colour gain). Ours also runs the config's full augmentation (HSV jitter), the
 LARS-wrapped Adam and the online probe, so the comparison leans towards PyTorch. FLOPs per image are XLA's cost
-analysis of our step; MFU is against a large float32 matmul measured here.
+analysis of our step; MFU is against a large float32 matmul measured here. `--dtype bfloat16` times our mixed
+precision (config.model.dtype) against PyTorch under `torch.autocast(bfloat16)`.
 """
 
 import argparse
@@ -26,12 +28,12 @@ import numpy as np
 from peclr_jax import pretrain, sharding
 
 
-def flax_step(model_name, objective, size, batch, conv_grad, width=64):
+def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32"):
   """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`; `batch`
   is this process's share."""
   c = pretrain.load_config(f"pretrain.py:{objective}")
-  c.model.name, c.model.conv_grad, c.augment.out_size, c.batch_size = model_name, conv_grad, size, batch
-  c.model.width = width
+  c.model.name, c.model.conv, c.augment.out_size, c.batch_size = model_name, conv, size, batch
+  c.model.width, c.model.dtype = width, dtype
   c.data.host_size = int(size * 1.25)
   c.total_steps, c.optim.accum_steps = 1000, 1
   model = pretrain.Pretrainer(c.model, c.objective, pretrain.relative_dims(c))
@@ -49,8 +51,8 @@ def flax_step(model_name, objective, size, batch, conv_grad, width=64):
   return step, state, sharding.put_batch(host, mesh)
 
 
-def time_flax(model_name, objective, size, batch, steps, conv_grad):
-  step, state, b = flax_step(model_name, objective, size, batch, conv_grad)
+def time_flax(model_name, objective, size, batch, steps, conv, dtype):
+  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype)
   t0 = time.perf_counter()
   compiled = step.lower(state, b).compile()
   compile_s = time.perf_counter() - t0
@@ -113,7 +115,9 @@ def torch_model(name, proj_hidden=512, proj_out=128):
   return nn.Sequential(*layers)
 
 
-def time_torch(model_name, objective, size, batch, steps):
+def time_torch(model_name, objective, size, batch, steps, dtype):
+  import contextlib
+
   import torch
   import torch.nn.functional as F
 
@@ -150,7 +154,8 @@ def time_torch(model_name, objective, size, batch, steps):
 
   def step():
     (x1, a1, t1), (x2, a2, t2) = views(images), views(images)
-    z1, z2 = net(torch.cat([x1, x2])).chunk(2)
+    with torch.autocast("cpu", torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
+      z1, z2 = net(torch.cat([x1, x2])).float().chunk(2)
     if objective == "peclr":
       z1, z2 = undo(z1, a1, t1), undo(z2, a2, t2)
     loss = nt_xent(z1, z2)
@@ -184,7 +189,8 @@ def main():
   p.add_argument("--size", type=int, default=128)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--conv-grad", nargs="+", default=["xla", "chunked"], help="config.model.conv_grad values")
+  p.add_argument("--conv", nargs="+", default=["xla", "cpu"], help="config.model.conv values")
+  p.add_argument("--dtype", nargs="+", default=["float32"], help="config.model.dtype values")
   p.add_argument("--no-torch", action="store_true")
   args = p.parse_args()
   try:
@@ -196,15 +202,17 @@ def main():
   print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
         f"{jax.devices()[0].device_kind}, torch {torch_version or '-'}; batch {args.batch} x 2 views at "
         f"{args.size} px; float32 matmul peak measured {peak / 1e9:.0f} GFLOP/s")
-  print("| model | objective | conv_grad | ours img/s | PyTorch img/s | ratio | GFLOP/img | MFU | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| model | objective | dtype | conv | ours img/s | PyTorch img/s | ratio | GFLOP/img | MFU | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for name in args.models:
     for objective in args.objectives:
-      theirs = time_torch(name, objective, args.size, args.batch, args.steps) if torch_version else float("nan")
-      for conv_grad in args.conv_grad:
-        ours, flops, compile_s = time_flax(name, objective, args.size, args.batch, args.steps, conv_grad)
-        print(f"| {name} | {objective} | {conv_grad} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | "
-              f"{flops / 1e9:.2f} | {ours * flops / peak:.0%} | {compile_s:.0f} |", flush=True)
+      for dtype in args.dtype:
+        theirs = (time_torch(name, objective, args.size, args.batch, args.steps, dtype) if torch_version else
+                  float("nan"))
+        for conv in args.conv:
+          ours, flops, compile_s = time_flax(name, objective, args.size, args.batch, args.steps, conv, dtype)
+          print(f"| {name} | {objective} | {dtype} | {conv} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | "
+                f"{flops / 1e9:.2f} | {ours * flops / peak:.0%} | {compile_s:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

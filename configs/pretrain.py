@@ -44,7 +44,8 @@ def get_config(arg="peclr"):
   c.model = ml_collections.ConfigDict(dict(
       name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
       proj_hidden=512, proj_out=128, rel_hidden=1024,
-      conv_grad="xla"))  # ResNet weight gradients: xla, or chunked (summed over batch chunks; ~1.6x faster on CPU)
+      conv="xla",  # ResNet convolutions: xla, or cpu (1x1 as matmuls, chunked weight gradients; faster on CPU)
+      dtype="float32"))  # compute dtype: float32, or bfloat16 (mixed precision; params and optimiser stay float32)
 
   c.temperature = 0.5
   c.peclr = ml_collections.ConfigDict(dict(transforms=("translate", "rotate"), translation_norm="reference"))

@@ -52,9 +52,10 @@ class Pretrainer(nn.Module):
   def setup(self):
     m = self.model
     self.encoder = models.encoder(m)
+    dtype = models.dtype(m)
     if self.objective != "relative":
-      self.proj = heads.ProjectionHead(hidden=m.proj_hidden, out=m.proj_out)
-    self.rel = {name: heads.RelativeHead(out=k, hidden=m.rel_hidden) for name, k in self.relative_dims}
+      self.proj = heads.ProjectionHead(hidden=m.proj_hidden, out=m.proj_out, dtype=dtype)
+    self.rel = {name: heads.RelativeHead(out=k, hidden=m.rel_hidden, dtype=dtype) for name, k in self.relative_dims}
     self.log_sigma = {name: self.param(f"log_sigma_{name}", nn.initializers.zeros, ()) for name, _ in
                       self.relative_dims}
     self.probe = heads.LinearProbe(out=42)  # stop-gradient inside: trains only itself
@@ -226,6 +227,17 @@ class Result:
   workdir: str
 
 
+def check_config(config):
+  """Values the config's types cannot catch (dtype, conv, augmentation ops): one error before any work."""
+  try:
+    models.dtype(config.model)
+    augment.check(config.augment)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
+  if config.model.get("conv", "xla") not in models.CONVS:
+    raise TrainingError(f"config.model.conv={config.model.conv!r}: expected one of {', '.join(models.CONVS)}")
+
+
 def check_workdir(workdir):
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -243,6 +255,7 @@ def train(config, workdir, freeze_encoder=False, progress=True, devices=None, st
   `freeze_encoder` trains only the online probe (the random-init baseline); `devices` defaults to all;
   `stop_at` ends the run after that step with a checkpoint, as a preemption would (the schedule is unchanged).
   """
+  check_config(config)
   check_workdir(workdir)
   mesh = sharding.mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)

@@ -1,19 +1,30 @@
 """Encoders (torchvision-style ResNets, the latent 2.5-D hourglass) and the heads of the objectives and probes."""
 
+import jax.numpy as jnp
+
 from peclr_jax.models.heads import LinearProbe, MLPHead, ProjectionHead, RelativeHead
 from peclr_jax.models.hourglass import Hourglass25D
-from peclr_jax.models.resnet import MODELS, ResNet, create
+from peclr_jax.models.resnet import CONVS, MODELS, ResNet, create
 
 ENCODERS = (*MODELS, "hourglass")
+DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters, BN statistics and optimiser state stay float32
+
+
+def dtype(model):
+  """The compute dtype a config's `model.dtype` names (float32 when absent: older exported encoders)."""
+  name = model.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype={name!r}: expected one of {', '.join(DTYPES)}")
+  return jnp.dtype(name)
 
 
 def encoder(model, name=None):
   """The encoder a config's `model` describes: a ResNet (`resnet18`...`resnet152`) or `hourglass`."""
   if model.name == "hourglass":
-    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), name=name)
+    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model), name=name)
   return create(model.name, width=model.width, small_stem=model.small_stem, zero_init_last_bn=model.zero_init_last_bn,
-                conv_grad=model.get("conv_grad", "xla"), name=name)
+                conv=model.get("conv", "xla"), dtype=dtype(model), name=name)
 
 
-__all__ = ["ENCODERS", "MODELS", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead", "RelativeHead",
-           "ResNet", "create", "encoder"]
+__all__ = ["CONVS", "DTYPES", "ENCODERS", "MODELS", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead",
+           "RelativeHead", "ResNet", "create", "dtype", "encoder"]

@@ -1,13 +1,17 @@
-"""A convolution whose weight gradient is summed over batch chunks: the fast formulation on CPU.
+"""The convolution as it runs fastest on XLA's CPU backend: `--config.model.conv=cpu`.
 
-XLA's CPU weight-gradient convolution over a whole batch of ResNet-18's early layers (128 px, batch 64, 2 cores)
-runs at 17-70 GFLOP/s against 110-280 for the forward convolution; the same gradient taken over chunks of a few
-images (about 2,048 output positions each) and summed runs 2-6x faster (benchmarks/conv_grad.py prints the table).
-`conv_general_dilated` is a drop-in for lax's (flax `nn.Conv(conv_general_dilated=...)`): the forward pass and
-the input gradient are XLA's own, and the weight gradient equals XLA's up to float summation order.
+XLA's CPU convolutions leave a ResNet step at 0.3-0.45x PyTorch's on 2 cores (benchmarks/train_step.py), and
+benchmarks/conv.py shows where, layer by layer:
+* 1x1 convolutions (half of ResNet-50's FLOPs, the downsampling shortcuts of ResNet-18) run 1.5-8x faster as a
+  matrix product over the (strided) positions; the product's input and weight gradients are matrix products too.
+* The weight gradient of a larger kernel over a whole batch runs at 17-70 GFLOP/s in ResNet's early layers against
+  110-280 for the forward convolution; taken over chunks of a few images (about 2,048 output positions per device)
+  and summed, it runs 2-6x faster. The forward pass and the input gradient stay XLA's.
 
-Chunk j holds images j, j + n_chunks, j + 2 n_chunks, ... (a reshape, not a slice), so under a batch-sharded mesh
-every chunk spreads evenly over the devices and each device works on its own images.
+`conv_general_dilated` is a drop-in for lax's (flax `nn.Conv(conv_general_dilated=...)`) and equals it up to float
+summation order (tests/test_models.py compares values and `jax.grad` against lax's). Chunk j holds images j,
+j + n_chunks, j + 2 n_chunks, ... (a reshape, not a slice), so under a batch-sharded mesh every chunk spreads evenly
+over the devices and each device works on its own images.
 """
 
 import functools
@@ -34,6 +38,16 @@ def weight_grad(conv, x, w, g):
   return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
 
 
+def _pointwise(lhs, rhs, strides, padding, lhs_dilation, dn):
+  """True for a 1x1 kernel without padding or input dilation, channels-last input and output, HWIO kernel."""
+  n = lhs.ndim
+  channels_last = tuple(dn.lhs_spec) == tuple(dn.out_spec) == (0, n - 1, *range(1, n - 1))
+  hwio = tuple(dn.rhs_spec) == (n - 1, n - 2, *range(n - 2))
+  unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
+  undilated = lhs_dilation is None or all(d == 1 for d in lhs_dilation)
+  return channels_last and hwio and unpadded and undilated and all(k == 1 for k in rhs.shape[:-2])
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
@@ -44,7 +58,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                            preferred_element_type=preferred_element_type)
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if feature_group_count != 1 or batch_group_count != 1 or dn.lhs_spec[0] != 0 or dn.out_spec[0] != 0:
-    return conv(lhs, rhs)  # grouped or batch-not-first: XLA's gradient
+    return conv(lhs, rhs)  # grouped or batch-not-first: XLA's
+  if _pointwise(lhs, rhs, window_strides, padding, lhs_dilation, dn):  # a matrix product; autodiff does the rest
+    x = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
+    return lax.dot_general(x, rhs.reshape(rhs.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=preferred_element_type)
 
   @jax.custom_vjp
   def f(x, w):

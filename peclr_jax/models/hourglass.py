@@ -27,10 +27,11 @@ class Residual(nn.Module):
   """Pre-activation bottleneck: BN-ReLU-1x1(f/2)-BN-ReLU-3x3(f/2)-BN-ReLU-1x1(f), plus a 1x1 skip if needed."""
   features: int
   norm: type
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME", kernel_init=conv_init, name=name)
+    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME", kernel_init=conv_init, dtype=self.dtype, name=name)
     y = conv(self.features // 2, 1, "conv1")(nn.relu(self.norm(name="bn1")(x)))
     y = conv(self.features // 2, 3, "conv2")(nn.relu(self.norm(name="bn2")(y)))
     y = conv(self.features, 1, "conv3")(nn.relu(self.norm(name="bn3")(y)))
@@ -43,13 +44,15 @@ class Hourglass(nn.Module):
   depth: int
   features: int
   norm: type
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    res = lambda name: Residual(self.features, self.norm, name=name)
+    res = lambda name: Residual(self.features, self.norm, self.dtype, name=name)
     up = res("up")(x)
     low = res("low1")(nn.max_pool(x, (2, 2), (2, 2)))
-    low = Hourglass(self.depth - 1, self.features, self.norm, name="inner")(low) if self.depth > 1 else res("low2")(low)
+    inner = lambda: Hourglass(self.depth - 1, self.features, self.norm, self.dtype, name="inner")
+    low = inner()(low) if self.depth > 1 else res("low2")(low)
     low = res("low3")(low)
     b, h, w, c = low.shape
     return up + jax.image.resize(low, (b, 2 * h, 2 * w, c), "nearest")
@@ -79,6 +82,7 @@ class Hourglass25D(nn.Module):
   joints: int = 21
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
+  dtype: jnp.dtype = jnp.float32  # compute dtype; the soft-argmax and the output are float32
 
   @property
   def features(self):
@@ -88,27 +92,27 @@ class Hourglass25D(nn.Module):
   def __call__(self, x, train: bool):
     f = 8 * self.width
     norm = lambda name=None: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                          epsilon=self.bn_eps, name=name)
+                                          epsilon=self.bn_eps, dtype=self.dtype, name=name)
+    conv = lambda f, k, name, **kw: nn.Conv(f, (k, k), kernel_init=conv_init, dtype=self.dtype, name=name, **kw)
     size = x.shape[1]
+    x = jnp.asarray(x, self.dtype)
     # Stem to stride 4, as Newell et al.: 7x7/2 conv, residual, max-pool, two residuals.
-    x = nn.relu(norm("bn1")(nn.Conv(f // 2, (7, 7), 2, padding=[(3, 3)] * 2, kernel_init=conv_init,
-                                    name="conv1")(x)))
-    x = Residual(f // 2, norm, name="res1")(x)
+    x = nn.relu(norm("bn1")(conv(f // 2, 7, "conv1", strides=2, padding=[(3, 3)] * 2)(x)))
+    x = Residual(f // 2, norm, self.dtype, name="res1")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = Residual(f // 2, norm, name="res2")(x)
-    x = Residual(f, norm, name="res3")(x)
+    x = Residual(f // 2, norm, self.dtype, name="res2")(x)
+    x = Residual(f, norm, self.dtype, name="res3")(x)
     depth = max(1, min(self.depth, int(math.log2(min(x.shape[1:3])))))
     stride = size / x.shape[1]
     out = None
     for s in range(self.stacks):
-      y = Hourglass(depth, f, norm, name=f"hourglass{s}")(x)
-      y = Residual(f, norm, name=f"stack{s}_res")(y)
-      y = nn.relu(norm(f"stack{s}_bn")(nn.Conv(f, (1, 1), name=f"stack{s}_conv")(y)))
-      maps = nn.Conv(2 * self.joints, (1, 1), name=f"stack{s}_maps")(y)
+      y = Hourglass(depth, f, norm, self.dtype, name=f"hourglass{s}")(x)
+      y = Residual(f, norm, self.dtype, name=f"stack{s}_res")(y)
+      y = nn.relu(norm(f"stack{s}_bn")(conv(f, 1, f"stack{s}_conv")(y)))
+      maps = conv(2 * self.joints, 1, f"stack{s}_maps")(y)
       uv, z, _ = soft_argmax(maps[..., :self.joints], maps[..., self.joints:], stride)
       out = jnp.concatenate([(uv / size * 2 - 1).reshape(uv.shape[0], -1), z], -1)
       self.sow("intermediates", "stacks", out)
       if s + 1 < self.stacks:  # the next stack sees the features and the maps (Newell's re-injection)
-        x = x + nn.Conv(f, (1, 1), name=f"stack{s}_back_features")(y) + \
-            nn.Conv(f, (1, 1), name=f"stack{s}_back_maps")(maps)
+        x = x + conv(f, 1, f"stack{s}_back_features")(y) + conv(f, 1, f"stack{s}_back_maps")(maps)
     return out.astype(jnp.float32)

@@ -21,6 +21,7 @@ from peclr_jax.models import conv as conv_lib
 
 ModuleDef = Any
 
+CONVS = ("xla", "cpu")
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision: kaiming_normal_, fan_out
@@ -85,7 +86,7 @@ class ResNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
-  conv_grad: str = "xla"  # weight gradients: "xla", or "chunked" (summed over batch chunks; faster on CPU)
+  conv: str = "xla"  # "xla" (lax's convolution), or "cpu" (models/conv.py: the fast formulation on XLA's CPU)
 
   @property
   def features(self):
@@ -95,11 +96,11 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool):
     if self.depth not in STAGES:
       raise ValueError(f"depth must be one of {sorted(STAGES)}, got {self.depth}")
-    if self.conv_grad not in ("xla", "chunked"):
-      raise ValueError(f"conv_grad must be 'xla' or 'chunked', got {self.conv_grad!r}")
-    chunked = conv_lib.conv_general_dilated if self.conv_grad == "chunked" else None
+    if self.conv not in CONVS:
+      raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
+    impl = conv_lib.conv_general_dilated if self.conv == "cpu" else None
     conv = functools.partial(nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype,
-                             conv_general_dilated=chunked)
+                             conv_general_dilated=impl)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_eps, dtype=self.dtype)
     block = BasicBlock if self.depth < 50 else Bottleneck
