@@ -1,7 +1,7 @@
 """Augmentation throughput: views/s of our in-jit augmentation against a per-sample OpenCV pipeline of the same ops,
 in the same run.
 
-    python benchmarks/augment.py [--batch 64] [--host 224] [--size 128] [--reps 5]
+    python benchmarks/augment.py [--batch 64] [--host 224] [--size 128] [--reps 5] [--trials 3]
                                  [--ops rotate crop scale color_jitter]
 
 Ours: `augment.views` on a batch of host crops (rotate + crop/scale as one bilinear warp to `size`, then HSV colour
@@ -9,7 +9,8 @@ jitter), jitted, on every core JAX uses. OpenCV (the `bench` extra): per image, 
 black border) with the same kind of affine, then RGB -> HSV, the hue / saturation / value changes, HSV -> RGB, on
 one thread. Views per second per core are compared, as the target is stated per core. `--ops` picks our ops (and
 OpenCV's: the warp when any geometric op is on, the HSV round trip with color_jitter); with none, ours is the
-identity crop and OpenCV a resize.
+identity crop and OpenCV a resize. The two are timed in turn `--trials` times and each side's best is kept, which
+keeps a noisy neighbour on a shared machine out of the ratio.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from peclr_jax import augment
 
 
 def ours(batch, host, size, reps, ops):
+  """A function that times `reps` batches of both views and returns views/s."""
   cfg = augment.default_config()
   cfg.ops, cfg.out_size = tuple(ops), size
   rng = np.random.default_rng(0)
@@ -32,14 +34,19 @@ def ours(batch, host, size, reps, ops):
            valid=jax.numpy.ones((batch, 21), bool))
   f = jax.jit(lambda key, b: [v[0] for v in augment.views(key, b, cfg)])
   jax.block_until_ready(f(jax.random.key(0), b))
-  t0 = time.perf_counter()
-  for r in range(reps):
-    out = f(jax.random.key(r + 1), b)
-  jax.block_until_ready(out)
-  return 2 * batch * reps / (time.perf_counter() - t0)
+
+  def run():
+    t0 = time.perf_counter()
+    for r in range(reps):
+      out = f(jax.random.key(r + 1), b)
+    jax.block_until_ready(out)
+    return 2 * batch * reps / (time.perf_counter() - t0)
+
+  return run
 
 
 def opencv(batch, host, size, reps, ops):
+  """The same for OpenCV, one sample at a time on one thread."""
   import cv2
 
   cv2.setNumThreads(1)
@@ -66,12 +73,16 @@ def opencv(batch, host, size, reps, ops):
 
   for img in images[:4]:
     view(img)
-  t0 = time.perf_counter()
-  for _ in range(reps):
-    for img in images:
-      view(img)
-      view(img)
-  return 2 * batch * reps / (time.perf_counter() - t0)
+
+  def run():
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      for img in images:
+        view(img)
+        view(img)
+    return 2 * batch * reps / (time.perf_counter() - t0)
+
+  return run
 
 
 def main():
@@ -80,14 +91,19 @@ def main():
   p.add_argument("--host", type=int, default=224)
   p.add_argument("--size", type=int, default=128)
   p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--trials", type=int, default=3)
   p.add_argument("--ops", nargs="*", default=["rotate", "crop", "scale", "color_jitter"])
   args = p.parse_args()
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  a = ours(args.batch, args.host, args.size, args.reps, args.ops)
+  runs = [ours(args.batch, args.host, args.size, args.reps, args.ops)]
   try:
-    b = opencv(args.batch, args.host, args.size, args.reps, args.ops)
+    runs.append(opencv(args.batch, args.host, args.size, args.reps, args.ops))
   except ImportError:
-    b = float("nan")
+    pass
+  best = [0.0] * len(runs)
+  for _ in range(args.trials):  # in turn, so that both sides see the same machine
+    best = [max(b, r()) for b, r in zip(best, runs)]
+  a, b = best[0], (best[1] if len(best) > 1 else float("nan"))
   device = jax.devices()[0]
   per_core = a / cores if device.platform == "cpu" else a
   print(f"{args.host} -> {args.size} px, ops {' + '.join(args.ops) or 'none'}, batch {args.batch}; {cores} cores, "
