@@ -329,16 +329,17 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 def test_hourglass_pretrains_and_is_trained_directly_downstream(data_root, tmp_path):
   """The hourglass as a PeCLR encoder (its 63-d pose into the projection head), then its own 2.5-D output trained."""
+  small = {"augment.out_size": 16, "data.host_size": 20}  # a 4x4 map after the stem: 2 halvings, a faster compile
   c = _set(pretrain.load_config("pretrain.py:peclr,tiny"), **{"data.root": data_root, "total_steps": 1,
-                                                               "model.name": "hourglass", "model.stacks": 1})
+                                                               "model.name": "hourglass", "model.stacks": 1, **small})
   pretrain.train(c, str(tmp_path / "pre"), progress=False)
   p = tiny_probe(data_root, "finetune", encoder=str(tmp_path / "pre"), total_steps=1,
-                 **{"model.name": "hourglass", "model.stacks": 1, "head.kind": "direct"})
+                 **{"model.name": "hourglass", "model.stacks": 1, "head.kind": "direct", **small})
   r = probe.train(p, str(tmp_path / "ft"), progress=False)
   assert "head" not in r.state.params and np.isfinite(r.metrics[-1]["loss"])
   # Two stacks from scratch: the first stack is supervised too.
   p = tiny_probe(data_root, "scratch", total_steps=1, **{"model.name": "hourglass", "model.stacks": 2,
-                                                         "head.kind": "direct"})
+                                                         "head.kind": "direct", **small})
   m = probe.train(p, str(tmp_path / "hg2"), progress=False).metrics[-1]
   assert m["loss"] > m["uv_l1"] + 5 * m["z_l1"] and m["intermediate_loss"] > 0
   with pytest.raises(ValueError, match="63 outputs"):

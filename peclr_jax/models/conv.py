@@ -38,7 +38,7 @@ def weight_grad(conv, x, w, g):
   return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
 
 
-def _pointwise(lhs, rhs, strides, padding, lhs_dilation, dn):
+def _pointwise(lhs, rhs, padding, lhs_dilation, dn):
   """True for a 1x1 kernel without padding or input dilation, channels-last input and output, HWIO kernel."""
   n = lhs.ndim
   channels_last = tuple(dn.lhs_spec) == tuple(dn.out_spec) == (0, n - 1, *range(1, n - 1))
@@ -59,7 +59,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if feature_group_count != 1 or batch_group_count != 1 or dn.lhs_spec[0] != 0 or dn.out_spec[0] != 0:
     return conv(lhs, rhs)  # grouped or batch-not-first: XLA's
-  if _pointwise(lhs, rhs, window_strides, padding, lhs_dilation, dn):  # a matrix product; autodiff does the rest
+  if _pointwise(lhs, rhs, padding, lhs_dilation, dn):  # a matrix product; autodiff does the rest
     x = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
     return lax.dot_general(x, rhs.reshape(rhs.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                            preferred_element_type=preferred_element_type)

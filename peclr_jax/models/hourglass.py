@@ -51,8 +51,10 @@ class Hourglass(nn.Module):
     res = lambda name: Residual(self.features, self.norm, self.dtype, name=name)
     up = res("up")(x)
     low = res("low1")(nn.max_pool(x, (2, 2), (2, 2)))
-    inner = lambda: Hourglass(self.depth - 1, self.features, self.norm, self.dtype, name="inner")
-    low = inner()(low) if self.depth > 1 else res("low2")(low)
+    if self.depth > 1:
+      low = Hourglass(self.depth - 1, self.features, self.norm, self.dtype, name="inner")(low)
+    else:
+      low = res("low2")(low)
     low = res("low3")(low)
     b, h, w, c = low.shape
     return up + jax.image.resize(low, (b, 2 * h, 2 * w, c), "nearest")
