@@ -45,6 +45,30 @@ def ours(batch, host, size, reps, ops):
   return run
 
 
+def cv_view(img, size, ops, rng):
+  """One OpenCV view of a uint8 HWC image: one `cv2.warpAffine` (bilinear, black border) when any geometric op is
+  on, else a resize; then the HSV round trip with color_jitter. Returns (float32 view, angle in radians, shift as a
+  fraction of `size`)."""
+  import cv2
+
+  host = img.shape[0]
+  angle, shift = 0.0, np.zeros(2)
+  if {"rotate", "crop", "scale"} & set(ops):
+    angle, scale, shift = rng.uniform(-45, 45), size / host * rng.uniform(0.9, 1.5), rng.uniform(-0.1, 0.1, 2)
+    M = cv2.getRotationMatrix2D((host / 2, host / 2), angle, scale)
+    M[:, 2] += size / 2 - host / 2 + shift * size
+    out = cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+  else:
+    out = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+  if "color_jitter" in ops:
+    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] * rng.uniform(0.01, 1.0)) % 256
+    hsv[..., 1] *= rng.uniform(0.01, 1.0)
+    hsv[..., 2] = hsv[..., 2] * rng.uniform(0.5, 1.0) + rng.uniform(5, 20)
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB_FULL)
+  return out.astype(np.float32), np.deg2rad(angle), shift
+
+
 def opencv(batch, host, size, reps, ops):
   """The same for OpenCV, one sample at a time on one thread."""
   import cv2
@@ -52,34 +76,15 @@ def opencv(batch, host, size, reps, ops):
   cv2.setNumThreads(1)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (batch, host, host, 3), dtype=np.uint8)
-
-  geometric = bool({"rotate", "crop", "scale"} & set(ops))
-
-  def view(img):
-    if geometric:
-      angle, scale = rng.uniform(-45, 45), size / host * rng.uniform(0.9, 1.5)
-      M = cv2.getRotationMatrix2D((host / 2, host / 2), angle, scale)
-      M[:, 2] += size / 2 - host / 2 + rng.uniform(-0.1, 0.1, 2) * size
-      out = cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    else:
-      out = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    if "color_jitter" not in ops:
-      return out.astype(np.float32)
-    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
-    hsv[..., 0] = (hsv[..., 0] * rng.uniform(0.01, 1.0)) % 256
-    hsv[..., 1] *= rng.uniform(0.01, 1.0)
-    hsv[..., 2] = hsv[..., 2] * rng.uniform(0.5, 1.0) + rng.uniform(5, 20)
-    return cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).astype(np.float32)
-
   for img in images[:4]:
-    view(img)
+    cv_view(img, size, ops, rng)
 
   def run():
     t0 = time.perf_counter()
     for _ in range(reps):
       for img in images:
-        view(img)
-        view(img)
+        cv_view(img, size, ops, rng)
+        cv_view(img, size, ops, rng)
     return 2 * batch * reps / (time.perf_counter() - t0)
 
   return run

@@ -171,8 +171,8 @@ def time_torch(model_name, objective, size, batch, steps, dtype):
   return 2 * batch * steps / (time.perf_counter() - t0)
 
 
-def matmul_peak(n=2048, reps=10):
-  a = jnp.ones((n, n), jnp.float32)
+def matmul_peak(n=2048, reps=10, dtype=jnp.float32):
+  a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
   t0 = time.perf_counter()

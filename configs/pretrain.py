@@ -46,7 +46,7 @@ def get_config(arg="peclr"):
   c.model = ml_collections.ConfigDict(dict(
       name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
       proj_hidden=512, proj_out=128, rel_hidden=1024,
-      conv="xla",  # ResNet convolutions: xla, or cpu (1x1 as matmuls, chunked weight gradients; faster on CPU)
+      conv="auto",  # ResNet convolutions: xla, cpu (models/conv.py; 1.4-7x faster on a CPU), auto (cpu on a CPU)
       dtype="float32"))  # compute dtype: float32, or bfloat16 (mixed precision; params and optimiser stay float32)
 
   c.temperature = 0.5
@@ -76,7 +76,8 @@ def get_config(arg="peclr"):
   elif size == "tiny":
     c.data.synthetic_train, c.data.synthetic_eval = 64, 16
     c.data.host_size, c.augment.out_size = 40, 32
-    c.model.update(name="resnet18", width=8, small_stem=True, proj_hidden=32, proj_out=16, rel_hidden=32)
+    # conv=xla: the tests' steps are too small to gain from conv=cpu, which compiles 3 s slower.
+    c.model.update(name="resnet18", width=8, small_stem=True, proj_hidden=32, proj_out=16, rel_hidden=32, conv="xla")
     c.batch_size, c.optim.accum_steps = 16, 1
     c.optim.update(warmup_epochs=0.0)
     c.num_epochs, c.total_steps = -1.0, 4

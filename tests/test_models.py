@@ -179,11 +179,14 @@ def test_encoder_factory():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The CPU convolution (model.conv="cpu": 1x1 as matmuls, chunked weight gradients) against lax's and jax.grad.
+# The CPU convolution (model.conv="cpu": 1x1 and tiny outputs as matmuls, chunked weight gradients) against lax's
+# and jax.grad.
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch, size, cin, cout, k, stride", [(8, 12, 3, 8, 7, 2), (6, 9, 5, 4, 3, 1),
                                                                 (4, 10, 4, 4, 3, 2), (8, 8, 4, 6, 1, 2),
-                                                                (6, 7, 5, 3, 1, 1), (4, 9, 4, 6, 1, 2)])
+                                                                (6, 7, 5, 3, 1, 1), (4, 9, 4, 6, 1, 2),
+                                                                (4, 2, 6, 5, 3, 1), (4, 4, 5, 6, 3, 2),
+                                                                (3, 3, 4, 4, 3, 2), (2, 1, 4, 3, 3, 1)])
 def test_cpu_conv_values_and_gradients_equal_lax(batch, size, cin, cout, k, stride, monkeypatch):
   from jax import lax
 
@@ -199,7 +202,12 @@ def test_cpu_conv_values_and_gradients_equal_lax(batch, size, cin, cout, k, stri
   def loss(f, x, w):
     return jnp.sum(jnp.sin(f(x, w, *args, dimension_numbers=dn)) * t)
 
-  assert conv.num_chunks(batch, (size // stride) ** 2) > 1
+  # 1x1 kernels and outputs of at most 2x2 positions are matrix products, the rest XLA's convolution with the
+  # weight gradient in chunks.
+  matmul = k == 1 or -(-size // stride) <= conv.SMALL
+  assert matmul or conv.num_chunks(batch, (size // stride) ** 2) > 1
+  jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, *args, dimension_numbers=dn))(x, w))
+  assert ("conv_general_dilated" not in jaxpr) == matmul, jaxpr
   np.testing.assert_allclose(conv.conv_general_dilated(x, w, *args, dimension_numbers=dn),
                              lax.conv_general_dilated(x, w, *args, dimension_numbers=dn), rtol=1e-5, atol=1e-5)
   want = jax.grad(functools.partial(loss, lax.conv_general_dilated), (0, 1))(x, w)
@@ -217,7 +225,7 @@ def test_cpu_conv_resnet_gradients_equal_xla_on_a_sharded_batch(monkeypatch):
   from peclr_jax.models import conv
 
   monkeypatch.setattr(conv, "POSITIONS", 64)
-  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))  # stages at 16, 8, 4 and 2 px: every form of conv.py
   mesh = sharding.mesh(jax.devices()[:2])
   x = jax.device_put(x, NamedSharding(mesh, P("data")))
   grads = {}
@@ -232,5 +240,12 @@ def test_cpu_conv_resnet_gradients_equal_xla_on_a_sharded_batch(monkeypatch):
     grads[mode] = jax.jit(jax.grad(loss))(v["params"])
   for a, b in zip(jax.tree.leaves(grads["cpu"]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+  # auto is cpu on this CPU backend: its forward pass leaves the 1x1 and 2x2-output convolutions to matmuls.
+  def count(mode):
+    m = models.create("resnet18", width=8, small_stem=True, conv=mode)
+    return str(jax.make_jaxpr(lambda x: m.init_with_output(KEY, x, train=True)[0])(x[:2])).count("conv_general_dilated")
+
+  convs = {mode: count(mode) for mode in ("xla", "cpu", "auto")}
+  assert convs["auto"] == convs["cpu"] < convs["xla"], convs
   with pytest.raises(ValueError, match="conv"):
     models.create("resnet18", width=8, conv="fast").init(KEY, x[:2], train=True)

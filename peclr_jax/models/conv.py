@@ -7,6 +7,9 @@ benchmarks/conv.py shows where, layer by layer:
 * The weight gradient of a larger kernel over a whole batch runs at 17-70 GFLOP/s in ResNet's early layers against
   110-280 for the forward convolution; taken over chunks of a few images (about 2,048 output positions per device)
   and summed, it runs 2-6x faster. The forward pass and the input gradient stay XLA's.
+* A larger kernel whose output is at most 2x2 (ResNet's last stage at 64 px) runs 10-50x slower in XLA's forward
+  pass and input gradient than as one matrix product over its taps (im2col: 9 shifted slices concatenated), which
+  at that size costs next to no memory (`python benchmarks/conv.py --size 64`: ResNet-18's 2x2 last stage).
 
 `conv_general_dilated` is a drop-in for lax's (flax `nn.Conv(conv_general_dilated=...)`) and equals it up to float
 summation order (tests/test_models.py compares values and `jax.grad` against lax's). Chunk j holds images j,
@@ -15,6 +18,7 @@ over the devices and each device works on its own images.
 """
 
 import functools
+import itertools
 import math
 
 import jax
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 POSITIONS = 2048  # output positions per chunk and device: the fastest here for ResNet-18/50 at 64-128 px
+SMALL = 2  # outputs with at most this many positions a side are computed over their taps (im2col)
 
 
 def num_chunks(batch, positions_per_image, devices=None):
@@ -38,14 +43,19 @@ def weight_grad(conv, x, w, g):
   return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
 
 
-def _pointwise(lhs, rhs, padding, lhs_dilation, dn):
-  """True for a 1x1 kernel without padding or input dilation, channels-last input and output, HWIO kernel."""
+def _plain(lhs, dn, *dilations):
+  """Channels-last input and output, an HWIO kernel, no dilation: the layouts the matrix-product forms take."""
   n = lhs.ndim
   channels_last = tuple(dn.lhs_spec) == tuple(dn.out_spec) == (0, n - 1, *range(1, n - 1))
   hwio = tuple(dn.rhs_spec) == (n - 1, n - 2, *range(n - 2))
-  unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
-  undilated = lhs_dilation is None or all(d == 1 for d in lhs_dilation)
-  return channels_last and hwio and unpadded and undilated and all(k == 1 for k in rhs.shape[:-2])
+  return channels_last and hwio and all(d is None or all(i == 1 for i in d) for d in dilations)
+
+
+def _taps(x, kernel, strides, pads, out):
+  """Each kernel tap's strided view of x (N, *spatial, C), padded, concatenated on channels in HWIO order."""
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  return jnp.concatenate([x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(tap, strides, out)))]
+                          for tap in itertools.product(*(range(k) for k in kernel))], -1)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -59,10 +69,17 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if feature_group_count != 1 or batch_group_count != 1 or dn.lhs_spec[0] != 0 or dn.out_spec[0] != 0:
     return conv(lhs, rhs)  # grouped or batch-not-first: XLA's
-  if _pointwise(lhs, rhs, padding, lhs_dilation, dn):  # a matrix product; autodiff does the rest
-    x = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
-    return lax.dot_general(x, rhs.reshape(rhs.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=preferred_element_type)
+  kernel = rhs.shape[:-2]
+  pads = (lax.padtype_to_pads(lhs.shape[1:-1], kernel, window_strides, padding) if isinstance(padding, str) else
+          [tuple(p) for p in padding])
+  out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(lhs.shape[1:-1], pads, kernel, window_strides)]
+  matmul = functools.partial(lax.dot_general, dimension_numbers=(((lhs.ndim - 1,), (0,)), ((), ())),
+                             precision=precision, preferred_element_type=preferred_element_type)
+  if _plain(lhs, dn, lhs_dilation, rhs_dilation):  # matrix products; autodiff does the rest
+    if all(k == 1 for k in kernel) and all(p == (0, 0) for p in pads):  # 1x1: over the strided positions
+      return matmul(lhs[(slice(None), *(slice(None, None, s) for s in window_strides))], rhs.reshape(rhs.shape[-2:]))
+    if max(out) <= SMALL:  # a tiny output: over the taps
+      return matmul(_taps(lhs, kernel, window_strides, pads, out), rhs.reshape(-1, rhs.shape[-1]))
 
   @jax.custom_vjp
   def f(x, w):

@@ -15,13 +15,14 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from peclr_jax.models import conv as conv_lib
 
 ModuleDef = Any
 
-CONVS = ("xla", "cpu")
+CONVS = ("auto", "xla", "cpu")  # auto: cpu on XLA's CPU backend, xla on accelerators
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision: kaiming_normal_, fan_out
@@ -86,7 +87,7 @@ class ResNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
-  conv: str = "xla"  # "xla" (lax's convolution), or "cpu" (models/conv.py: the fast formulation on XLA's CPU)
+  conv: str = "xla"  # "xla" (lax's convolution), "cpu" (models/conv.py: the fast formulation on XLA's CPU), "auto"
 
   @property
   def features(self):
@@ -98,7 +99,8 @@ class ResNet(nn.Module):
       raise ValueError(f"depth must be one of {sorted(STAGES)}, got {self.depth}")
     if self.conv not in CONVS:
       raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
-    impl = conv_lib.conv_general_dilated if self.conv == "cpu" else None
+    mode = self.conv if self.conv != "auto" else "cpu" if jax.default_backend() == "cpu" else "xla"
+    impl = conv_lib.conv_general_dilated if mode == "cpu" else None
     conv = functools.partial(nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype,
                              conv_general_dilated=impl)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
