@@ -3,7 +3,7 @@ optimiser) against the same network and loss written in PyTorch, in the same run
 
     python benchmarks/train_step.py [--models resnet18 resnet50] [--objectives simclr peclr] [--size 128]
                                     [--batch 32] [--steps 5] [--conv xla cpu] [--dtype float32]
-                                    [--no-torch]
+                                    [--no-torch] [--config pretrain.py:peclr,cpu]
 
 PyTorch comes with the `bench` extra (pip install -e '.[bench]'); without it only our side is timed. Compile time
 and the first step are excluded; images/s counts both views (2 x batch per step). The PyTorch side runs the same
@@ -12,7 +12,8 @@ rotation and translation undone first) and Adam, with a lighter augmentation in 
 affine_grid/grid_sample and a colour gain). Ours also runs the config's full augmentation (HSV jitter), the
 LARS-wrapped Adam and the online probe, so the comparison leans towards PyTorch. FLOPs per image are XLA's cost
 analysis of our step; MFU is against a large float32 matmul measured here. `--dtype bfloat16` times our mixed
-precision (config.model.dtype) against PyTorch under `torch.autocast(bfloat16)`.
+precision (config.model.dtype) against PyTorch under `torch.autocast(bfloat16)`. `--config` times one config's step
+as it is (its model, batch and size; `--conv` and `--dtype` still apply), ours only.
 """
 
 import argparse
@@ -28,13 +29,15 @@ import numpy as np
 from peclr_jax import pretrain, sharding
 
 
-def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32"):
+def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32", config=None):
   """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`; `batch`
-  is this process's share."""
-  c = pretrain.load_config(f"pretrain.py:{objective}")
-  c.model.name, c.model.conv, c.augment.out_size, c.batch_size = model_name, conv, size, batch
-  c.model.width, c.model.dtype = width, dtype
-  c.data.host_size = int(size * 1.25)
+  is this process's share. With `config` ("pretrain.py:peclr,cpu"), that config's model, size and batch instead."""
+  c = pretrain.load_config(config or f"pretrain.py:{objective}")
+  if not config:
+    c.model.name, c.augment.out_size, c.batch_size, c.model.width = model_name, size, batch, width
+    c.data.host_size = int(size * 1.25)
+  c.model.conv, c.model.dtype = conv, dtype
+  size, batch = c.augment.out_size, c.batch_size
   c.total_steps, c.optim.accum_steps = 1000, 1
   model = pretrain.Pretrainer(c.model, c.objective, pretrain.relative_dims(c))
   tx = pretrain.make_optimizer(c, 1000, 100.0)
@@ -51,8 +54,10 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   return step, state, sharding.put_batch(host, mesh)
 
 
-def time_flax(model_name, objective, size, batch, steps, conv, dtype):
-  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype)
+def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=None):
+  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config)
+  if config:
+    batch = b["image"].shape[0] // jax.process_count()
   t0 = time.perf_counter()
   compiled = step.lower(state, b).compile()
   compile_s = time.perf_counter() - t0
@@ -192,7 +197,18 @@ def main():
   p.add_argument("--conv", nargs="+", default=["xla", "cpu"], help="config.model.conv values")
   p.add_argument("--dtype", nargs="+", default=["float32"], help="config.model.dtype values")
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--config", help="time this config's step as it is, e.g. pretrain.py:peclr,cpu (ours only)")
   args = p.parse_args()
+  if args.config:
+    print(f"{args.config} on {jax.devices()[0].device_kind}; compile time and the first step excluded")
+    print("| conv | dtype | img/s | step (ms) | compile s |")
+    print("|---|---|---|---|---|")
+    for conv in args.conv:
+      for dtype in args.dtype:
+        ours, _, compile_s = time_flax(None, None, None, None, args.steps, conv, dtype, args.config)
+        batch = pretrain.load_config(args.config).batch_size
+        print(f"| {conv} | {dtype} | {ours:.1f} | {2 * batch / ours * 1e3:.0f} | {compile_s:.0f} |", flush=True)
+    return
   try:
     import torch
     torch_version = None if args.no_torch else torch.__version__

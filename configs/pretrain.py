@@ -8,12 +8,12 @@ run on the embedded data), tiny (seconds; used by the tests).
 
 Expected: `full` follows the reference (ResNet-50, 128 px, LARS-wrapped Adam, lr 1e-4 * sqrt(2048) with
 accumulation 16 x 128, 100 epochs, 10 warm-up, tau 0.5) and needs an accelerator; `cpu` runs ResNet-18 at quarter
-width on 64 px crops of the embedded hands, 600 steps of batch 64 in 3.5-4.5 minutes on 2 cores (`python -m
-peclr_jax.main` measured 217 s and 271 s); its online probe reached 11.97 px on the held-out evaluation split, and
-the downstream linear probe (configs/probe.py:linear,cpu) on it 10.63 px / PA-EPE 28.46 mm (random init: 11.30 px /
+width on 64 px crops of the embedded hands, 600 steps of batch 64 in about 3.5 minutes on 2 cores (`python -m
+peclr_jax.main` measured 202 s); its online probe reached 11.79 px on the held-out evaluation split, and the
+downstream linear probe (configs/probe.py:linear,cpu) on it 10.56 px / PA-EPE 28.69 mm (random init: 11.30 px /
 30.02 mm; fine-tuning an earlier run's encoder: 8.24 px / 24.11 mm against 8.66 / 25.01 from scratch); `tiny` runs
-a few steps in seconds. On a CPU, --config.model.conv=cpu runs full-width ResNets 1.4-1.8x faster (README,
-Performance); --config.model.dtype=bfloat16 is mixed precision, for accelerators.
+a few steps in seconds. model.conv=auto picks the CPU formulation of the convolutions on a CPU (1.4-7x faster
+steps; README, Performance); --config.model.dtype=bfloat16 is mixed precision, for accelerators.
 Every field can be overridden as --config.key=value; unknown keys and wrong types fail before anything compiles.
 """
 
