@@ -3,7 +3,7 @@ optimiser) against the same network and loss written in PyTorch, in the same run
 
     python benchmarks/train_step.py [--models resnet18 resnet50] [--objectives simclr peclr] [--size 128]
                                     [--batch 32] [--steps 5] [--conv xla cpu] [--dtype float32]
-                                    [--no-torch] [--config pretrain.py:peclr,cpu]
+                                    [--no-torch] [--config pretrain.py:peclr,cpu [--set model.name=hourglass]]
 
 PyTorch comes with the `bench` extra (pip install -e '.[bench]'); without it only our side is timed. Compile time
 and the first step are excluded; images/s counts both views (2 x batch per step). The PyTorch side runs the same
@@ -13,10 +13,11 @@ affine_grid/grid_sample and a colour gain). Ours also runs the config's full aug
 LARS-wrapped Adam and the online probe, so the comparison leans towards PyTorch. FLOPs per image are XLA's cost
 analysis of our step; MFU is against a large float32 matmul measured here. `--dtype bfloat16` times our mixed
 precision (config.model.dtype) against PyTorch under `torch.autocast(bfloat16)`. `--config` times one config's step
-as it is (its model, batch and size; `--conv` and `--dtype` still apply), ours only.
+as it is (its model, batch and size; `--conv`, `--dtype` and `--set key=value` apply), ours only.
 """
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -29,10 +30,16 @@ import numpy as np
 from peclr_jax import pretrain, sharding
 
 
-def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32", config=None):
+def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32", config=None, overrides=()):
   """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`; `batch`
-  is this process's share. With `config` ("pretrain.py:peclr,cpu"), that config's model, size and batch instead."""
+  is this process's share. With `config` ("pretrain.py:peclr,cpu"), that config's model, size and batch instead,
+  with `overrides` ("model.name=hourglass", ...) applied."""
   c = pretrain.load_config(config or f"pretrain.py:{objective}")
+  for o in overrides:  # key=value, the value cast to the field's type (str, int, float)
+    key, value = o.split("=", 1)
+    *parents, leaf = key.split(".")
+    d = functools.reduce(getattr, parents, c)
+    setattr(d, leaf, type(getattr(d, leaf))(value))
   if not config:
     c.model.name, c.augment.out_size, c.batch_size, c.model.width = model_name, size, batch, width
     c.data.host_size = int(size * 1.25)
@@ -54,8 +61,9 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   return step, state, sharding.put_batch(host, mesh)
 
 
-def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=None):
-  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config)
+def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=None, overrides=()):
+  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config,
+                             overrides=overrides)
   if config:
     batch = b["image"].shape[0] // jax.process_count()
   t0 = time.perf_counter()
@@ -198,14 +206,16 @@ def main():
   p.add_argument("--dtype", nargs="+", default=["float32"], help="config.model.dtype values")
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--config", help="time this config's step as it is, e.g. pretrain.py:peclr,cpu (ours only)")
+  p.add_argument("--set", nargs="*", default=[], help="with --config: overrides, e.g. model.name=hourglass")
   args = p.parse_args()
   if args.config:
-    print(f"{args.config} on {jax.devices()[0].device_kind}; compile time and the first step excluded")
+    print(f"{args.config} {' '.join(args.set)} on {jax.devices()[0].device_kind}; compile time and the first step "
+          "excluded")
     print("| conv | dtype | img/s | step (ms) | compile s |")
     print("|---|---|---|---|---|")
     for conv in args.conv:
       for dtype in args.dtype:
-        ours, _, compile_s = time_flax(None, None, None, None, args.steps, conv, dtype, args.config)
+        ours, _, compile_s = time_flax(None, None, None, None, args.steps, conv, dtype, args.config, args.set)
         batch = pretrain.load_config(args.config).batch_size
         print(f"| {conv} | {dtype} | {ours:.1f} | {2 * batch / ours * 1e3:.0f} | {compile_s:.0f} |", flush=True)
     return

@@ -169,11 +169,30 @@ def test_hourglass_outputs_a_vectorised_pose_from_every_stack(size):
   assert np.abs(np.asarray(g)).max() > 0
 
 
+def test_hourglass_cpu_conv_gradients_equal_xla():
+  """model.conv reaches the hourglass: at 16 px its 2x2 and 1x1 levels run as matmuls, with the same gradients."""
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  grads, convs = {}, {}
+  for mode in ("xla", "cpu"):
+    m = models.Hourglass25D(width=2, stacks=1, conv=mode)
+    v = m.init(KEY, x[:2], train=False)
+
+    def loss(p, m=m, v=v):  # eval-mode BatchNorm: batch statistics of 4 values would amplify summation order
+      return jnp.sum(jnp.sin(m.apply({**v, "params": p}, x, train=False)))
+
+    grads[mode] = jax.jit(jax.grad(loss))(v["params"])
+    convs[mode] = str(jax.make_jaxpr(loss)(v["params"])).count("conv_general_dilated")
+  assert convs["cpu"] < convs["xla"], convs
+  for a, b in zip(jax.tree.leaves(grads["cpu"]), jax.tree.leaves(grads["xla"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
 def test_encoder_factory():
   from ml_collections import ConfigDict
 
   base = dict(width=4, small_stem=True, zero_init_last_bn=False)
-  assert isinstance(models.encoder(ConfigDict(dict(name="hourglass", stacks=1, **base))), models.Hourglass25D)
+  h = models.encoder(ConfigDict(dict(name="hourglass", stacks=1, conv="cpu", **base)))
+  assert isinstance(h, models.Hourglass25D) and h.conv == "cpu"
   r = models.encoder(ConfigDict(dict(name="resnet18", **base)), name="enc")
   assert isinstance(r, models.ResNet) and r.small_stem and r.name == "enc"
 
@@ -196,7 +215,7 @@ def test_cpu_conv_values_and_gradients_equal_lax(batch, size, cin, cout, k, stri
   x = jax.random.normal(jax.random.key(1), (batch, size, size, cin))
   w = jax.random.normal(jax.random.key(2), (k, k, cin, cout))
   t = jax.random.normal(jax.random.key(3), (batch, -(-size // stride), -(-size // stride), cout))
-  args = ((stride, stride), [(k // 2, k // 2)] * 2)
+  args = ((stride, stride), "SAME" if stride == 1 else [(k // 2, k // 2)] * 2)  # flax passes "SAME" as it is
   dn = ("NHWC", "HWIO", "NHWC")
 
   def loss(f, x, w):

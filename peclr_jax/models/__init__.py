@@ -21,7 +21,8 @@ def dtype(model):
 def encoder(model, name=None):
   """The encoder a config's `model` describes: a ResNet (`resnet18`...`resnet152`) or `hourglass`."""
   if model.name == "hourglass":
-    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model), name=name)
+    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model),
+                        conv=model.get("conv", "xla"), name=name)
   return create(model.name, width=model.width, small_stem=model.small_stem, zero_init_last_bn=model.zero_init_last_bn,
                 conv=model.get("conv", "xla"), dtype=dtype(model), name=name)
 

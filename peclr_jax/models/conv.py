@@ -27,6 +27,17 @@ from jax import lax
 
 POSITIONS = 2048  # output positions per chunk and device: the fastest here for ResNet-18/50 at 64-128 px
 SMALL = 2  # outputs with at most this many positions a side are computed over their taps (im2col)
+MODES = ("auto", "xla", "cpu")  # config.model.conv
+
+
+def impl(mode):
+  """flax `nn.Conv`'s conv_general_dilated for a config's model.conv: None (lax's) for xla, this module's for cpu;
+  auto is cpu on XLA's CPU backend and xla on accelerators."""
+  if mode not in MODES:
+    raise ValueError(f"conv must be one of {MODES}, got {mode!r}")
+  if mode == "auto":
+    mode = "cpu" if jax.default_backend() == "cpu" else "xla"
+  return conv_general_dilated if mode == "cpu" else None
 
 
 def num_chunks(batch, positions_per_image, devices=None):

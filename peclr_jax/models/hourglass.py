@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from peclr_jax.models import conv as conv_lib
 from peclr_jax.models.resnet import conv_init
 
 
@@ -28,10 +29,12 @@ class Residual(nn.Module):
   features: int
   norm: type
   dtype: jnp.dtype = jnp.float32
+  conv: str = "xla"  # config.model.conv (models/conv.py)
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME", kernel_init=conv_init, dtype=self.dtype, name=name)
+    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME", kernel_init=conv_init, dtype=self.dtype, name=name,
+                                      conv_general_dilated=conv_lib.impl(self.conv))
     y = conv(self.features // 2, 1, "conv1")(nn.relu(self.norm(name="bn1")(x)))
     y = conv(self.features // 2, 3, "conv2")(nn.relu(self.norm(name="bn2")(y)))
     y = conv(self.features, 1, "conv3")(nn.relu(self.norm(name="bn3")(y)))
@@ -45,14 +48,15 @@ class Hourglass(nn.Module):
   features: int
   norm: type
   dtype: jnp.dtype = jnp.float32
+  conv: str = "xla"
 
   @nn.compact
   def __call__(self, x):
-    res = lambda name: Residual(self.features, self.norm, self.dtype, name=name)
+    res = lambda name: Residual(self.features, self.norm, self.dtype, self.conv, name=name)
     up = res("up")(x)
     low = res("low1")(nn.max_pool(x, (2, 2), (2, 2)))
     if self.depth > 1:
-      low = Hourglass(self.depth - 1, self.features, self.norm, self.dtype, name="inner")(low)
+      low = Hourglass(self.depth - 1, self.features, self.norm, self.dtype, self.conv, name="inner")(low)
     else:
       low = res("low2")(low)
     low = res("low3")(low)
@@ -85,6 +89,7 @@ class Hourglass25D(nn.Module):
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   dtype: jnp.dtype = jnp.float32  # compute dtype; the soft-argmax and the output are float32
+  conv: str = "xla"  # config.model.conv: xla, cpu or auto (models/conv.py)
 
   @property
   def features(self):
@@ -95,21 +100,23 @@ class Hourglass25D(nn.Module):
     f = 8 * self.width
     norm = lambda name=None: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                           epsilon=self.bn_eps, dtype=self.dtype, name=name)
-    conv = lambda f, k, name, **kw: nn.Conv(f, (k, k), kernel_init=conv_init, dtype=self.dtype, name=name, **kw)
+    conv = lambda f, k, name, **kw: nn.Conv(f, (k, k), kernel_init=conv_init, dtype=self.dtype, name=name,
+                                            conv_general_dilated=conv_lib.impl(self.conv), **kw)
+    res = lambda f, name: Residual(f, norm, self.dtype, self.conv, name=name)
     size = x.shape[1]
     x = jnp.asarray(x, self.dtype)
     # Stem to stride 4, as Newell et al.: 7x7/2 conv, residual, max-pool, two residuals.
     x = nn.relu(norm("bn1")(conv(f // 2, 7, "conv1", strides=2, padding=[(3, 3)] * 2)(x)))
-    x = Residual(f // 2, norm, self.dtype, name="res1")(x)
+    x = res(f // 2, "res1")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = Residual(f // 2, norm, self.dtype, name="res2")(x)
-    x = Residual(f, norm, self.dtype, name="res3")(x)
+    x = res(f // 2, "res2")(x)
+    x = res(f, "res3")(x)
     depth = max(1, min(self.depth, int(math.log2(min(x.shape[1:3])))))
     stride = size / x.shape[1]
     out = None
     for s in range(self.stacks):
-      y = Hourglass(depth, f, norm, self.dtype, name=f"hourglass{s}")(x)
-      y = Residual(f, norm, self.dtype, name=f"stack{s}_res")(y)
+      y = Hourglass(depth, f, norm, self.dtype, self.conv, name=f"hourglass{s}")(x)
+      y = res(f, f"stack{s}_res")(y)
       y = nn.relu(norm(f"stack{s}_bn")(conv(f, 1, f"stack{s}_conv")(y)))
       maps = conv(2 * self.joints, 1, f"stack{s}_maps")(y)
       uv, z, _ = soft_argmax(maps[..., :self.joints], maps[..., self.joints:], stride)

@@ -15,14 +15,13 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from peclr_jax.models import conv as conv_lib
 
 ModuleDef = Any
 
-CONVS = ("auto", "xla", "cpu")  # auto: cpu on XLA's CPU backend, xla on accelerators
+CONVS = conv_lib.MODES
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision: kaiming_normal_, fan_out
@@ -97,12 +96,8 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool):
     if self.depth not in STAGES:
       raise ValueError(f"depth must be one of {sorted(STAGES)}, got {self.depth}")
-    if self.conv not in CONVS:
-      raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
-    mode = self.conv if self.conv != "auto" else "cpu" if jax.default_backend() == "cpu" else "xla"
-    impl = conv_lib.conv_general_dilated if mode == "cpu" else None
     conv = functools.partial(nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype,
-                             conv_general_dilated=impl)
+                             conv_general_dilated=conv_lib.impl(self.conv))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_eps, dtype=self.dtype)
     block = BasicBlock if self.depth < 50 else Bottleneck
