@@ -194,7 +194,7 @@ def main():
   args.dtype = saved
   print(f"{args.model} {args.objective}, {args.size} px, batch {args.batch} x 2 views, {args.dtype}; jax "
         f"{jax.__version__} on {jax.device_count()} x {device.device_kind}; PyTorch on {tdev} with {args.workers} "
-        f"DataLoader workers; {ours_dtype} matmul peak measured {peak / 1e12:.1f} TFLOP/s")
+        f"DataLoader workers; {ours_dtype} matmul peak measured {peak / 1e9:,.0f} GFLOP/s")
   print("| ours img/s | PyTorch img/s | ratio | GFLOP/img | MFU | augmentation share of our step |")
   print("|---|---|---|---|---|---|")
   print(f"| {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} | {flops / 1e9:.2f} | {ours * flops / peak:.0%} | "
