@@ -46,7 +46,7 @@ def get_config(arg="peclr"):
   c.model = ml_collections.ConfigDict(dict(
       name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
       proj_hidden=512, proj_out=128, rel_hidden=1024,
-      conv="auto",  # ResNet convolutions: xla, cpu (models/conv.py; 1.4-7x faster on a CPU), auto (cpu on a CPU)
+      conv="auto",  # encoder convolutions: xla, cpu (models/conv.py; 1.4-7x faster on a CPU), auto (cpu on a CPU)
       dtype="float32"))  # compute dtype: float32, or bfloat16 (mixed precision; params and optimiser stay float32)
 
   c.temperature = 0.5

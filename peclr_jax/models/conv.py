@@ -1,4 +1,5 @@
-"""The convolution as it runs fastest on XLA's CPU backend: `--config.model.conv=cpu`.
+"""The convolution as it runs fastest on XLA's CPU backend: `--config.model.conv=cpu` (what `auto`, the default, picks
+on a CPU).
 
 XLA's CPU convolutions leave a ResNet step at 0.3-0.45x PyTorch's on 2 cores (benchmarks/train_step.py), and
 benchmarks/conv.py shows where, layer by layer:
