@@ -185,6 +185,16 @@ def test_hourglass_cpu_conv_gradients_equal_xla():
   assert convs["cpu"] < convs["xla"], convs
   for a, b in zip(jax.tree.leaves(grads["cpu"]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+  # Mixed precision reaches it too (traced only): float32 parameters, every convolution (as a conv or a matmul, rank
+  # 4 out; the soft-argmax's float32 einsums are rank 2) in bf16, and a float32 pose out.
+  m = models.Hourglass25D(width=2, stacks=1, conv="cpu", dtype=jnp.bfloat16)
+  v = jax.eval_shape(lambda: m.init(KEY, x, train=False))
+  assert {a.dtype for a in jax.tree.leaves(v["params"])} == {jnp.dtype(jnp.float32)}
+  jaxpr = jax.make_jaxpr(lambda v, x: m.apply(v, x, train=False))(v, x)
+  eqns = [e for e in jaxpr.jaxpr.eqns
+          if e.primitive.name in ("conv_general_dilated", "dot_general") and e.outvars[0].aval.ndim == 4]
+  assert eqns and {a.aval.dtype for e in eqns for a in e.invars} == {jnp.dtype(jnp.bfloat16)}
+  assert jaxpr.out_avals[0].dtype == jnp.float32
 
 
 def test_encoder_factory():
