@@ -228,7 +228,8 @@ class Result:
 
 
 def check_config(config):
-  """Values the config's types cannot catch (dtype, conv, augmentation ops): one error before any work."""
+  """Values the config's types cannot catch (dtype, conv, augmentation ops): one error before any work. The probe's
+  config has the same `model` and `augment`, and probe.check_config ends here."""
   try:
     models.dtype(config.model)
     augment.check(config.augment)

@@ -294,7 +294,7 @@ def check_config(config):
   if config.keypoints.bone not in geometry.BONES or config.keypoints.root not in geometry.ROOTS:
     raise TrainingError(f"config.keypoints bone={config.keypoints.bone!r} root={config.keypoints.root!r}: expected "
                         f"bone in {tuple(geometry.BONES)}, root in {tuple(geometry.ROOTS)}")
-  augment.check(config.augment)
+  pretrain.check_config(config)  # model.dtype, model.conv, augment
 
 
 def calibrate_bn(model, state, config, src, steps):

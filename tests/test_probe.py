@@ -307,6 +307,13 @@ def test_mode_and_encoder_must_agree(mode, encoder, match, data_root, tmp_path):
     probe.train(tiny_probe(data_root, mode, encoder=encoder), str(tmp_path), progress=False)
 
 
+@pytest.mark.parametrize("key, value", [("model.conv", "fast"), ("model.dtype", "float16")])
+def test_bad_model_values_fail_before_the_workdir(key, value, data_root, tmp_path):
+  with pytest.raises(probe.TrainingError, match=f"config.{key}='{value}'"):
+    probe.train(tiny_probe(data_root, **{key: value}), str(tmp_path / "w"), progress=False)
+  assert not (tmp_path / "w").exists()
+
+
 def test_nan_loss_stops_with_the_step(data_root, tmp_path):
   c = tiny_probe(data_root, "scratch", **{"optim.lr": float("nan")})
   with pytest.raises(probe.TrainingError, match=r"non-finite .* at step 2.*Last good checkpoint: none"):

@@ -2,9 +2,10 @@
 
 import jax.numpy as jnp
 
+from peclr_jax.models.conv import MODES as CONVS
 from peclr_jax.models.heads import LinearProbe, MLPHead, ProjectionHead, RelativeHead
 from peclr_jax.models.hourglass import Hourglass25D
-from peclr_jax.models.resnet import CONVS, MODELS, ResNet, create
+from peclr_jax.models.resnet import MODELS, ResNet, create
 
 ENCODERS = (*MODELS, "hourglass")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters, BN statistics and optimiser state stay float32

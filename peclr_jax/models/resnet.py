@@ -21,7 +21,6 @@ from peclr_jax.models import conv as conv_lib
 
 ModuleDef = Any
 
-CONVS = conv_lib.MODES
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision: kaiming_normal_, fan_out
