@@ -50,9 +50,7 @@ def time_ours(args, data):
   local = args.batch // jax.process_count()
   step, state, b = train_step.flax_step(args.model, args.objective, args.size, local, "auto", dtype=args.dtype)
   compiled = step.lower(state, b).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) / (2 * local) if cost else float("nan")
+  flops = train_step.flops_per_image(compiled, 2 * local)
   mesh = sharding.mesh()
   n = len(data["image"])
 
@@ -106,7 +104,6 @@ class Views:
 
 def time_torch(args, data):
   import torch
-  import torch.nn.functional as F
 
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   amp = dict(bfloat16=torch.bfloat16, float16=torch.float16).get(args.dtype)
@@ -121,27 +118,14 @@ def time_torch(args, data):
                                        persistent_workers=args.workers > 0,
                                        multiprocessing_context="spawn" if args.workers else None)  # no fork of JAX
 
-  def nt_xent(z1, z2, tau=0.5):
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T / tau
-    sim.fill_diagonal_(-1e9)
-    n = z1.shape[0]
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(sim, target)
-
-  def undo(z, angle, shift):
-    p = z.view(z.shape[0], -1, 2) - shift[:, None, :]
-    c, s = torch.cos(-angle)[:, None], torch.sin(-angle)[:, None]
-    return torch.stack([c * p[..., 0] - s * p[..., 1], s * p[..., 0] + c * p[..., 1]], -1).flatten(1)
-
   def step(b):
     x1, a1, t1, x2, a2, t2 = (t.to(dev, non_blocking=True) for t in b)
     x = torch.cat([x1, x2]).contiguous(memory_format=torch.channels_last)
     with torch.autocast(dev, amp) if amp else contextlib.nullcontext():
       z1, z2 = net(x).float().chunk(2)
     if args.objective == "peclr":
-      z1, z2 = undo(z1, a1, t1), undo(z2, a2, t2)
-    loss = nt_xent(z1, z2)
+      z1, z2 = train_step.undo_torch(z1, a1, t1), train_step.undo_torch(z2, a2, t2)
+    loss = train_step.nt_xent_torch(z1, z2)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)

@@ -38,9 +38,7 @@ def worker(args):
   repl = NamedSharding(mesh, P())
   state = jax.tree.map(lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)), state)
   compiled = step.lower(state, batch).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) / (2 * args.per_device) if cost else float("nan")  # per device
+  flops = train_step.flops_per_image(compiled, 2 * args.per_device)  # one device's program
   state, m = compiled(state, batch)
   jax.block_until_ready(m)
   t0 = time.perf_counter()

@@ -61,6 +61,13 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   return step, state, sharding.put_batch(host, mesh)
 
 
+def flops_per_image(compiled, images):
+  """XLA's cost analysis of a compiled step, divided by the images one device processes (nan if unavailable)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) / images if cost else float("nan")
+
+
 def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=None, overrides=()):
   step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config,
                              overrides=overrides)
@@ -69,9 +76,7 @@ def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=Non
   t0 = time.perf_counter()
   compiled = step.lower(state, b).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) / (2 * batch) if cost else float("nan")
+  flops = flops_per_image(compiled, 2 * batch)
   state, m = compiled(state, b)  # warm-up
   jax.block_until_ready(m)
   t0 = time.perf_counter()
@@ -128,6 +133,27 @@ def torch_model(name, proj_hidden=512, proj_out=128):
   return nn.Sequential(*layers)
 
 
+def nt_xent_torch(z1, z2, tau=0.5):
+  import torch
+  import torch.nn.functional as F
+
+  z = F.normalize(torch.cat([z1, z2]), dim=1)
+  sim = z @ z.T / tau
+  sim.fill_diagonal_(-1e9)
+  n = z1.shape[0]
+  target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+  return F.cross_entropy(sim, target)
+
+
+def undo_torch(z, angle, shift):
+  """PeCLR's inversion: the projection as 2-D points, the view's shift then rotation undone."""
+  import torch
+
+  p = z.view(z.shape[0], -1, 2) - shift[:, None, :]
+  c, s = torch.cos(-angle)[:, None], torch.sin(-angle)[:, None]
+  return torch.stack([c * p[..., 0] - s * p[..., 1], s * p[..., 0] + c * p[..., 1]], -1).flatten(1)
+
+
 def time_torch(model_name, objective, size, batch, steps, dtype):
   import contextlib
 
@@ -152,26 +178,13 @@ def time_torch(model_name, objective, size, batch, steps, dtype):
     v = v * (0.5 + torch.rand(b, 3, 1, 1))
     return ((v / 255 - 0.5) / 0.25).contiguous(memory_format=torch.channels_last), angle, theta[:, :, 2]
 
-  def nt_xent(z1, z2, tau=0.5):
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T / tau
-    sim.fill_diagonal_(-1e9)
-    n = z1.shape[0]
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    return F.cross_entropy(sim, target)
-
-  def undo(z, angle, shift):
-    p = z.view(z.shape[0], -1, 2) - shift[:, None, :]
-    c, s = torch.cos(-angle)[:, None], torch.sin(-angle)[:, None]
-    return torch.stack([c * p[..., 0] - s * p[..., 1], s * p[..., 0] + c * p[..., 1]], -1).flatten(1)
-
   def step():
     (x1, a1, t1), (x2, a2, t2) = views(images), views(images)
     with torch.autocast("cpu", torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
       z1, z2 = net(torch.cat([x1, x2])).float().chunk(2)
     if objective == "peclr":
-      z1, z2 = undo(z1, a1, t1), undo(z2, a2, t2)
-    loss = nt_xent(z1, z2)
+      z1, z2 = undo_torch(z1, a1, t1), undo_torch(z2, a2, t2)
+    loss = nt_xent_torch(z1, z2)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
