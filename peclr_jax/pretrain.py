@@ -511,7 +511,9 @@ def cli_errors(*more):
     sys.stderr.flush()
     err = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    os.write(err, f"error: {e}\n".encode())
+    time.sleep(0.1)  # a write already under way to the old stderr ends first
+    # The newline ends a traceback line a writer thread may have left half-written, so `error:` starts a line.
+    os.write(err, f"\nerror: {e}\n".encode())
     os._exit(1)
   except (TrainingError, common.DataError, *more) as e:
     raise SystemExit(f"error: {e}") from None
