@@ -232,11 +232,10 @@ def check_config(config):
   config has the same `model` and `augment`, and probe.check_config ends here."""
   try:
     models.dtype(config.model)
+    models.conv_mode(config.model)
     augment.check(config.augment)
   except ValueError as e:
     raise TrainingError(str(e)) from None
-  if config.model.get("conv", "xla") not in models.CONVS:
-    raise TrainingError(f"config.model.conv={config.model.conv!r}: expected one of {', '.join(models.CONVS)}")
 
 
 def check_workdir(workdir):

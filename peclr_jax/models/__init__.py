@@ -19,14 +19,22 @@ def dtype(model):
   return jnp.dtype(name)
 
 
+def conv_mode(model):
+  """The convolution a config's `model.conv` names (models/conv.py; xla when absent: older exported encoders)."""
+  name = model.get("conv", "xla")
+  if name not in CONVS:
+    raise ValueError(f"config.model.conv={name!r}: expected one of {', '.join(CONVS)}")
+  return name
+
+
 def encoder(model, name=None):
   """The encoder a config's `model` describes: a ResNet (`resnet18`...`resnet152`) or `hourglass`."""
   if model.name == "hourglass":
-    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model),
-                        conv=model.get("conv", "xla"), name=name)
+    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model), conv=conv_mode(model),
+                        name=name)
   return create(model.name, width=model.width, small_stem=model.small_stem, zero_init_last_bn=model.zero_init_last_bn,
-                conv=model.get("conv", "xla"), dtype=dtype(model), name=name)
+                conv=conv_mode(model), dtype=dtype(model), name=name)
 
 
 __all__ = ["CONVS", "DTYPES", "ENCODERS", "MODELS", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead",
-           "RelativeHead", "ResNet", "create", "dtype", "encoder"]
+           "RelativeHead", "ResNet", "conv_mode", "create", "dtype", "encoder"]
