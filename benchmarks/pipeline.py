@@ -37,18 +37,9 @@ import train_step  # noqa: E402 - the same PyTorch network and our step's constr
 from peclr_jax import augment, pretrain, sharding  # noqa: E402
 
 
-def pool(n, size, seed=0):
-  """n host crops (uint8, size x 1.25 px) with keypoints, as the data pipeline hands them to the step."""
-  h = int(size * 1.25)
-  rng = np.random.default_rng(seed)
-  return dict(image=rng.integers(0, 255, (n, h, h, 3), dtype=np.uint8),
-              uv=rng.uniform(0.3 * h, 0.7 * h, (n, 21, 2)).astype(np.float32),
-              K=np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), valid=np.ones((n, 21), bool))
-
-
-def time_ours(args, data):
+def time_ours(args, data, dtype):
   local = args.batch // jax.process_count()
-  step, state, b = train_step.flax_step(args.model, args.objective, args.size, local, "auto", dtype=args.dtype)
+  step, state, b = train_step.flax_step(args.model, args.objective, args.size, local, "auto", dtype=dtype)
   compiled = step.lower(state, b).compile()
   flops = train_step.flops_per_image(compiled, 2 * local)
   mesh = sharding.mesh()
@@ -163,7 +154,7 @@ def main():
   p.add_argument("--no-torch", action="store_true")
   args = p.parse_args()
   ours_dtype = "bfloat16" if args.dtype == "float16" else args.dtype
-  data = pool(args.images, args.size)
+  data = train_step.host_batch(args.images, int(args.size * 1.25))  # the in-memory pool both sides read
   device = jax.devices()[0]
   peak = train_step.matmul_peak(dtype=jnp.float32 if ours_dtype == "float32" else jnp.bfloat16,
                                 n=8192 if device.platform == "gpu" else 2048)
@@ -173,9 +164,7 @@ def main():
       theirs, tdev = time_torch(args, data)
     except ImportError:
       pass
-  saved, args.dtype = args.dtype, ours_dtype
-  ours, flops, aug_share = time_ours(args, data)
-  args.dtype = saved
+  ours, flops, aug_share = time_ours(args, data, ours_dtype)
   print(f"{args.model} {args.objective}, {args.size} px, batch {args.batch} x 2 views, {args.dtype}; jax "
         f"{jax.__version__} on {jax.device_count()} x {device.device_kind}; PyTorch on {tdev} with {args.workers} "
         f"DataLoader workers; {ours_dtype} matmul peak measured {peak / 1e9:,.0f} GFLOP/s")

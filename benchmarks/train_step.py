@@ -17,7 +17,7 @@ as it is (its model, batch and size; `--conv`, `--dtype` and `--set key=value` a
 """
 
 import argparse
-import functools
+import ast
 import math
 import os
 import platform
@@ -35,11 +35,8 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   is this process's share. With `config` ("pretrain.py:peclr,cpu"), that config's model, size and batch instead,
   with `overrides` ("model.name=hourglass", ...) applied."""
   c = pretrain.load_config(config or f"pretrain.py:{objective}")
-  for o in overrides:  # key=value, the value cast to the field's type (str, int, float)
-    key, value = o.split("=", 1)
-    *parents, leaf = key.split(".")
-    d = functools.reduce(getattr, parents, c)
-    setattr(d, leaf, type(getattr(d, leaf))(value))
+  c.lock()  # a mistyped key in `overrides` is an error, as on the command line; so is a value of the wrong type
+  c.update_from_flattened_dict({k: literal(v) for k, v in (o.split("=", 1) for o in overrides)})
   if not config:
     c.model.name, c.augment.out_size, c.batch_size, c.model.width = model_name, size, batch, width
     c.data.host_size = int(size * 1.25)
@@ -52,13 +49,24 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, size, size, 3)), train=True))(jax.random.key(0))
   state = pretrain.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
                               tx.init(variables["params"]))
-  h = c.data.host_size
-  rng = np.random.default_rng(0)
-  uv = rng.uniform(0.3 * h, 0.7 * h, (batch, 21, 2)).astype(np.float32)
-  host = dict(image=rng.integers(0, 255, (batch, h, h, 3), dtype=np.uint8), uv=uv,
-              K=np.tile(np.eye(3, dtype=np.float32), (batch, 1, 1)), valid=np.ones((batch, 21), bool))
   step = jax.jit(pretrain.make_train_step(c, model, tx, jax.random.key(1)), donate_argnums=(0,))
-  return step, state, sharding.put_batch(host, mesh)
+  return step, state, sharding.put_batch(host_batch(batch, c.data.host_size), mesh)
+
+
+def host_batch(n, side, seed=0):
+  """n random host crops (uint8, side x side) with keypoints, as the data pipeline hands them to the step."""
+  rng = np.random.default_rng(seed)
+  return dict(image=rng.integers(0, 255, (n, side, side, 3), dtype=np.uint8),
+              uv=rng.uniform(0.3 * side, 0.7 * side, (n, 21, 2)).astype(np.float32),
+              K=np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), valid=np.ones((n, 21), bool))
+
+
+def literal(text):
+  """An override's value as --config.key=value reads it: a Python literal (1, 0.5, False, (1, 2)), else the text."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def flops_per_image(compiled, images):
@@ -71,8 +79,7 @@ def flops_per_image(compiled, images):
 def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=None, overrides=()):
   step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config,
                              overrides=overrides)
-  if config:
-    batch = b["image"].shape[0] // jax.process_count()
+  batch = b["image"].shape[0] // jax.process_count()  # this process's share, whatever set it
   t0 = time.perf_counter()
   compiled = step.lower(state, b).compile()
   compile_s = time.perf_counter() - t0
@@ -83,7 +90,8 @@ def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=Non
   for _ in range(steps):
     state, m = compiled(state, b)
   jax.block_until_ready(m)
-  return 2 * batch * steps / (time.perf_counter() - t0), flops, compile_s
+  step_s = (time.perf_counter() - t0) / steps
+  return 2 * batch / step_s, flops, compile_s, step_s
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,9 +236,8 @@ def main():
     print("|---|---|---|---|---|")
     for conv in args.conv:
       for dtype in args.dtype:
-        ours, _, compile_s = time_flax(None, None, None, None, args.steps, conv, dtype, args.config, args.set)
-        batch = pretrain.load_config(args.config).batch_size
-        print(f"| {conv} | {dtype} | {ours:.1f} | {2 * batch / ours * 1e3:.0f} | {compile_s:.0f} |", flush=True)
+        ours, _, compile_s, step_s = time_flax(None, None, None, None, args.steps, conv, dtype, args.config, args.set)
+        print(f"| {conv} | {dtype} | {ours:.1f} | {step_s * 1e3:.0f} | {compile_s:.0f} |", flush=True)
     return
   try:
     import torch
@@ -249,7 +256,7 @@ def main():
         theirs = (time_torch(name, objective, args.size, args.batch, args.steps, dtype) if torch_version else
                   float("nan"))
         for conv in args.conv:
-          ours, flops, compile_s = time_flax(name, objective, args.size, args.batch, args.steps, conv, dtype)
+          ours, flops, compile_s, _ = time_flax(name, objective, args.size, args.batch, args.steps, conv, dtype)
           print(f"| {name} | {objective} | {dtype} | {conv} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | "
                 f"{flops / 1e9:.2f} | {ours * flops / peak:.0%} | {compile_s:.0f} |", flush=True)
 
