@@ -14,14 +14,14 @@ import argparse
 import jax
 import numpy as np
 
-from peclr_jax import augment, models, pretrain, probe
+from peclr_jax import augment, inputs, keypoints, models
 
 
 def features(config, variables, split):
   """[N, D] pooled features and [N, 42] crop-pixel keypoints of a whole split, in source order."""
   enc = models.encoder(config.model)
   v = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
-  aug = probe.eval_augment(config)
+  aug = keypoints.eval_augment(config)
 
   @jax.jit
   def run(batch):
@@ -29,8 +29,8 @@ def features(config, variables, split):
     return enc.apply(v, x, train=False), uv
 
   feats, uvs = [], []
-  src = pretrain.source(config.data, split)
-  for b in pretrain.input_pipeline(config, src, shuffle=False, num_epochs=1, batch_size=250, drop_remainder=False):
+  src = inputs.source(config.data, split)
+  for b in inputs.dataset(config, src, shuffle=False, num_epochs=1, batch_size=250, drop_remainder=False):
     f, uv = jax.device_get(run({k: b[k] for k in ("image", "uv", "K", "valid", "xyz", "scale")}))
     feats.append(f)
     uvs.append(uv)
@@ -47,7 +47,7 @@ def main():
   p.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 10.0, 100.0])
   args = p.parse_args()
   for wd in args.workdirs:
-    config, variables = probe.restore(wd)
+    config, variables = keypoints.restore(wd)
     f_tr, uv_tr = features(config, variables, "training")
     f_ev, uv_ev = features(config, variables, "evaluation")
     mu, sd = f_tr.mean(0), f_tr.std(0) + 1e-6

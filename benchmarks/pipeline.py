@@ -8,7 +8,7 @@ AMP step), on the same accelerator, in the same run.
 This is the issue-7 GPU comparison (ResNet-50, 128 px, PeCLR); on a machine without a GPU both sides run on the
 CPU (PyTorch autocast on "cpu"), which is slow but checks the script. Both read the same in-memory pool of uint8
 host crops (size x 1.25 px), so image decoding is left out on both sides.
-- Ours: configs/pretrain.py:OBJECTIVE with model.name / model.dtype set, each step a new host batch put on the
+- Ours: the config pretrain:OBJECTIVE with model.name / model.dtype set, each step a new host batch put on the
   devices (`sharding.put_batch`), both views augmented inside the jitted step (rotate + crop/scale warp, HSV
   jitter), LARS-wrapped Adam, the online probe. The augmentation's own time on the device is printed as a share
   of the step (the issue's GPU target is under 5 %).
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import augment as augment_bench  # noqa: E402 - the OpenCV views of benchmarks/augment.py
 import train_step  # noqa: E402 - the same PyTorch network and our step's construction
 
-from peclr_jax import augment, pretrain, sharding  # noqa: E402
+from peclr_jax import augment, configs, sharding  # noqa: E402
 
 
 def time_ours(args, data, dtype):
@@ -60,7 +60,7 @@ def time_ours(args, data, dtype):
   step_s = (time.perf_counter() - t0) / args.steps
 
   # The augmentation alone, on the same device batch: its share of the step.
-  cfg = pretrain.load_config(f"pretrain.py:{args.objective}").augment
+  cfg = configs.load(f"pretrain:{args.objective}").augment
   cfg.out_size = args.size
   aug = jax.jit(lambda key, b: [v[0] for v in augment.views(key, b, cfg)])
   jax.block_until_ready(aug(jax.random.key(0), b))

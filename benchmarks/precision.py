@@ -1,6 +1,6 @@
 """Mixed precision: the loss curve of a bfloat16 run (float32 params and optimiser state) against float32 runs.
 
-    python benchmarks/precision.py [--config pretrain.py:peclr,tiny] [--steps 100] [--seeds 5 6]
+    python benchmarks/precision.py [--config pretrain:peclr,tiny] [--steps 100] [--seeds 5 6]
 
 Trains the config three times from scratch on the embedded data: float32 with the first seed, bfloat16 with the first
 seed, float32 with the second seed. The second float32 run is the curve's noise: bfloat16 is "within noise" when it
@@ -14,11 +14,11 @@ import tempfile
 
 import numpy as np
 
-from peclr_jax import pretrain
+from peclr_jax import configs, pretrain
 
 
 def curve(spec, steps, seed, dtype, root, workdir):
-  c = pretrain.load_config(spec)
+  c = configs.load(spec)
   c.data.root, c.seed, c.model.dtype = root, seed, dtype
   c.total_steps, c.log_every, c.ckpt_every = steps, 1, steps
   r = pretrain.train(c, workdir, progress=False)
@@ -27,7 +27,7 @@ def curve(spec, steps, seed, dtype, root, workdir):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--config", default="pretrain.py:peclr,tiny")
+  p.add_argument("--config", default="pretrain:peclr,tiny")
   p.add_argument("--steps", type=int, default=100)
   p.add_argument("--seeds", type=int, nargs=2, default=(5, 6))
   p.add_argument("--every", type=int, default=10)

@@ -3,7 +3,7 @@ optimiser) against the same network and loss written in PyTorch, in the same run
 
     python benchmarks/train_step.py [--models resnet18 resnet50] [--objectives simclr peclr] [--size 128]
                                     [--batch 32] [--steps 5] [--conv xla cpu] [--dtype float32]
-                                    [--no-torch] [--config pretrain.py:peclr,cpu [--set model.name=hourglass]]
+                                    [--no-torch] [--config pretrain:peclr,cpu [--set model.name=hourglass]]
 
 PyTorch comes with the `bench` extra (pip install -e '.[bench]'); without it only our side is timed. Compile time
 and the first step are excluded; images/s counts both views (2 x batch per step). The PyTorch side runs the same
@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peclr_jax import pretrain, sharding
+from peclr_jax import configs, loop, pretrain, sharding
 
 
 def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32", config=None, overrides=()):
-  """(jitted step, state, device batch) for configs/pretrain.py:OBJECTIVE at `size` px with `model_name`; `batch`
-  is this process's share. With `config` ("pretrain.py:peclr,cpu"), that config's model, size and batch instead,
+  """(jitted step, state, device batch) for the config pretrain:OBJECTIVE at `size` px with `model_name`; `batch`
+  is this process's share. With `config` ("pretrain:peclr,cpu"), that config's model, size and batch instead,
   with `overrides` ("model.name=hourglass", ...) applied."""
-  c = pretrain.load_config(config or f"pretrain.py:{objective}")
+  c = configs.load(config or f"pretrain:{objective}")
   c.lock()  # a mistyped key in `overrides` is an error, as on the command line; so is a value of the wrong type
   c.update_from_flattened_dict({k: literal(v) for k, v in (o.split("=", 1) for o in overrides)})
   if not config:
@@ -47,7 +47,7 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   tx = pretrain.make_optimizer(c, 1000, 100.0)
   mesh = sharding.mesh()
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, size, size, 3)), train=True))(jax.random.key(0))
-  state = pretrain.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+  state = loop.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
                               tx.init(variables["params"]))
   step = jax.jit(pretrain.make_train_step(c, model, tx, jax.random.key(1)), donate_argnums=(0,))
   return step, state, sharding.put_batch(host_batch(batch, c.data.host_size), mesh)
@@ -226,7 +226,7 @@ def main():
   p.add_argument("--conv", nargs="+", default=["xla", "cpu"], help="config.model.conv values")
   p.add_argument("--dtype", nargs="+", default=["float32"], help="config.model.dtype values")
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--config", help="time this config's step as it is, e.g. pretrain.py:peclr,cpu (ours only)")
+  p.add_argument("--config", help="time this config's step as it is, e.g. pretrain:peclr,cpu (ours only)")
   p.add_argument("--set", nargs="*", default=[], help="with --config: overrides, e.g. model.name=hourglass")
   args = p.parse_args()
   if args.config:

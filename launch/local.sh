@@ -5,9 +5,9 @@
 #
 #   bash launch/local.sh N WORKDIR [--config.key=value ...]
 #   bash launch/local.sh 2 runs/local2 --config.total_steps=200
-#   CONFIG=configs/pretrain.py:simclr,cpu DEVICES_PER_PROCESS=2 bash launch/local.sh 2 runs/local2x2
+#   CONFIG=pretrain:simclr,cpu DEVICES_PER_PROCESS=2 bash launch/local.sh 2 runs/local2x2
 #
-# CONFIG defaults to configs/pretrain.py:peclr,cpu and JAX_PLATFORMS to cpu. Results land in WORKDIR as for one
+# CONFIG defaults to pretrain:peclr,cpu and JAX_PLATFORMS to cpu. Results land in WORKDIR as for one
 # process (checkpoints/, metrics.jsonl and tb/ from process 0, encoder/), each process's output in
 # WORKDIR/process_<i>.log. Ctrl-C or SIGTERM to this script: every process checkpoints the same step and exits
 # (status 143); the same command resumes.
@@ -15,8 +15,7 @@ set -euo pipefail
 n=${1:?usage: launch/local.sh N WORKDIR [--config.key=value ...]}
 workdir=${2:?usage: launch/local.sh N WORKDIR [--config.key=value ...]}
 shift 2
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-config=${CONFIG:-$repo/configs/pretrain.py:peclr,cpu}
+config=${CONFIG:-pretrain:peclr,cpu}
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$workdir"
 pids=()

@@ -9,7 +9,6 @@
 # Each study resumes where it stopped (finished runs are skipped), so re-run the same command after a preemption.
 # The composition study reads the ablation's best objective per augmentation. Results: WORKDIR/<study>/results.md.
 set -euo pipefail
-configs="$(cd "$(dirname "$0")/.." && pwd)/configs"
 size=${1:-cpu}
 root=${2:-runs/studies}
 shift $(( $# > 2 ? 2 : $# ))
@@ -18,5 +17,5 @@ for study in objectives ablation composition cross_dataset supervised; do
   if [[ $study == composition ]]; then
     extra=(--config.best_from="$root/ablation/best_objectives.json")
   fi
-  python -m peclr_jax.study --config="$configs/study.py:$study,$size" --workdir="$root/$study" "${extra[@]}" "$@"
+  python -m peclr_jax.study --config="study:$study,$size" --workdir="$root/$study" "${extra[@]}" "$@"
 done

@@ -7,7 +7,7 @@
 #
 # Settings (environment): TPU (name), ZONE, BUCKET (a GCS bucket, mounted with gcsfuse at /mnt/peclr on every
 # worker: checkpoints must be on storage every host sees), TYPE (v4-32), RUNTIME (tpu-ubuntu2204-base), NAME
-# (peclr; the run's folder in the bucket), CONFIG (configs/pretrain.py:peclr, the reference's setting),
+# (peclr; the run's folder in the bucket), CONFIG (pretrain:peclr, the reference's setting),
 # SPOT=1 (a preemptible slice), STEP (create | copy | run | fetch | delete; default: create, copy, run, fetch).
 # Results: gs://$BUCKET/$NAME (checkpoints/, metrics.jsonl, tb/, encoder/), fetched to runs/$NAME. A preempted run
 # resumes from its last checkpoint when the run step is repeated (on a recreated slice: create, copy, run).
@@ -18,7 +18,7 @@ set -euo pipefail
 TYPE=${TYPE:-v4-32}
 RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 NAME=${NAME:-peclr}
-CONFIG=${CONFIG:-configs/pretrain.py:peclr}
+CONFIG=${CONFIG:-pretrain:peclr}
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 vm=(gcloud compute tpus tpu-vm --zone "$ZONE")
 overrides=$(printf ' %q' "$@")

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from peclr_jax import validate
+
 OPS = ("rotate", "crop", "scale", "color_jitter", "color_drop", "blur", "noise", "cut_out", "sobel")
 FLAG_OPS = ("sobel", "cut_out", "blur", "noise", "color_drop")  # each fires with probability p_<op>
 JITTER_MODES = ("symmetric", "reference")
@@ -71,13 +73,32 @@ def default_config():
   ))
 
 
+# config.augment (the trainers check every value before any work).
+RULES = {
+    "ops": validate.each_of(OPS),
+    "out_size": validate.COUNT,
+    "rotate_deg": validate.number(0, 180),
+    "jitter": validate.PROBABILITY,
+    "jitter_mode": validate.one_of(JITTER_MODES),
+    "margin": validate.POSITIVE,
+    "scale_range": validate.pair(validate.POSITIVE),
+    "fallback_radius": validate.POSITIVE,
+    **{f"p_{op}": validate.PROBABILITY for op in FLAG_OPS},
+    "hue": validate.pair(validate.NON_NEGATIVE),
+    "sat": validate.pair(validate.NON_NEGATIVE),
+    "value_gain": validate.pair(validate.NON_NEGATIVE),
+    "value_bias": validate.pair(validate.number()),
+    "noise_std": validate.NON_NEGATIVE,
+    "cut_out_max": validate.PROBABILITY,
+    "blur_sigma": validate.pair(validate.POSITIVE),
+}
+
+
 def check(cfg):
-  """Raises ValueError for an unknown op or jitter mode."""
-  bad = [op for op in cfg.ops if op not in OPS]
-  if bad:
-    raise ValueError(f"unknown augmentation op(s) {', '.join(map(repr, bad))}; valid ops: {', '.join(OPS)}")
-  if cfg.jitter_mode not in JITTER_MODES:
-    raise ValueError(f"unknown jitter_mode {cfg.jitter_mode!r}; expected one of {JITTER_MODES}")
+  """Raises ValueError for an unknown op or jitter mode (the values `sample` dispatches on)."""
+  for key in ("ops", "jitter_mode"):
+    if not RULES[key].allows(cfg[key]):
+      raise ValueError(f"augment.{key}={cfg[key]!r}: expected {RULES[key].text}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

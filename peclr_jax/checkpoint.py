@@ -14,6 +14,7 @@ import threading
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class Preempted(Exception):
@@ -117,6 +118,20 @@ def restore_config(workdir, step=None):
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')!r}")
   return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def restore_variables(workdir, step=None):
+  """(step, {"params", "batch_stats"}) of a saved train state on this process's first device, read with the shapes
+  its metadata records, so the model and optimiser that wrote it need not be rebuilt (evaluation, prediction)."""
+  mngr = manager(workdir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')!r}")
+  tree = ocp.StandardCheckpointHandler().metadata(epath.Path(mngr.directory) / str(step) / "state")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+  return step, {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
 def export_encoder(path, params, batch_stats, model_config):

@@ -1,6 +1,6 @@
 """Evaluates a keypoint-regression workdir exactly as the FreiHAND benchmark measures (reference §5).
 
-  python -m peclr_jax.evaluate --workdir=runs/linear_peclr [--split evaluation]
+  peclr-evaluate --workdir=runs/linear_peclr [--split=evaluation]     # python -m peclr_jax.evaluate
 
 Protocol: each image is cropped around its ground-truth keypoints at the training margin (no rotation, jitter or
 colour), the model predicts 2.5-D keypoints, and metric 3-D comes from the bone-length quadratic times the sample's
@@ -16,7 +16,6 @@ Writes to the workdir:
                             `evaluation` split, or score it locally with the toolbox's eval.py.
 """
 
-import argparse
 import json
 import os
 import zipfile
@@ -24,14 +23,13 @@ import zipfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from absl import flags
+from tqdm import tqdm
 
-from peclr_jax import augment, hand, metrics, pretrain, probe
+from peclr_jax import augment, cli, inputs, keypoints, metrics, report
+from peclr_jax.errors import TrainingError
 
-TABLE_KEYS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm", "epe_mm", "auc", "median_mm", "pa_median_mm")
-LABELS = {"epe_2d_px": "2D EPE (px)", "epe_mm": "3D EPE (mm)", "pa_epe_mm": "PA-EPE (mm)", "auc": "AUC 0-50 mm",
-          "rr_epe_mm": "root-relative EPE (mm)",
-          "pa_auc": "PA-AUC 0-50 mm", "median_mm": "median (mm)", "pa_median_mm": "PA median (mm)"}
+SPLITS = ("evaluation", "training")
 
 
 def predict_split(config, variables, split="evaluation", limit=None, batch_size=64, progress=False, crops=16):
@@ -39,10 +37,10 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
 
   The model's input crops of the first `crops` images come back too (uint8), for the skeleton grid.
   """
-  src = pretrain.source(config.data, split)
-  aug = probe.eval_augment(config)
+  src = inputs.source(config.data, split)
+  aug = keypoints.eval_augment(config)
   kp = config.keypoints
-  model = probe.make_model(config)
+  model = keypoints.make_model(config)
 
   @jax.jit
   def run(batch):
@@ -50,15 +48,13 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
     pred = model.apply(variables, x, K, train=False)
     # The bone's metric length: FreiHAND's `scale` when it is the middle bone and known, else the ground truth's.
     given = (batch["scale"] > 0) & (kp.bone == "middle")
-    s = jnp.where(given, batch["scale"], probe.targets(batch["xyz"], K, kp)["s"])
-    return dict(uv=pred["uv"], z_rel=pred["z_rel"], xyz=probe.reconstruct(pred, K, s, kp), gt_uv=uv, K=K,
+    s = jnp.where(given, batch["scale"], keypoints.targets(batch["xyz"], K, kp)["s"])
+    return dict(uv=pred["uv"], z_rel=pred["z_rel"], xyz=keypoints.reconstruct(pred, K, s, kp), gt_uv=uv, K=K,
                 crop=augment.denormalize(x))
 
   keys = ("index", "has_xyz", "valid", "scale")
   out = {k: [] for k in ("uv", "z_rel", "xyz", "gt_uv", "gt_xyz", "K", "crop", *keys)}
-  ds = pretrain.input_pipeline(config, src, shuffle=False, num_epochs=1, batch_size=batch_size, drop_remainder=False)
-  from tqdm import tqdm
-
+  ds = inputs.dataset(config, src, shuffle=False, num_epochs=1, batch_size=batch_size, drop_remainder=False)
   n = 0
   with tqdm(total=min(len(src), limit or len(src)), desc=f"evaluate {split}", disable=not progress) as bar:
     for batch in ds:
@@ -66,9 +62,9 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
         break
       known = ((batch["scale"] > 0) & (kp.bone == "middle")) | batch["has_xyz"]
       if not known.all():
-        raise probe.TrainingError(f"split {split!r}: sample {int(batch['index'][~known][0])} has neither 3-D labels "
-                                  f"nor a `scale` for the {kp.bone} bone, so its metric 3-D is unknown (FreiHAND's "
-                                  "scale files give the middle bone)")
+        raise TrainingError(f"split {split!r}: sample {int(batch['index'][~known][0])} has neither 3-D labels nor a "
+                            f"`scale` for the {kp.bone} bone, so its metric 3-D is unknown (FreiHAND's scale files "
+                            "give the middle bone)")
       r = jax.device_get(run({k: batch[k] for k in ("image", "uv", "K", "valid", "xyz", "scale")}))
       if n >= crops:
         r["crop"] = r["crop"][:0]
@@ -80,13 +76,14 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
   return {k: np.concatenate(v)[:limit] for k, v in out.items()}
 
 
-def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None, data_root=None, tag=None):
+def evaluate(workdir: str, split: str = "evaluation", limit: int | None = None, progress: bool = True,
+             step: int | None = None, data_root: str | None = None, tag: str | None = None) -> dict:
   """Scores a probe workdir on `split`; writes the report files and returns dict(metrics, paths, n).
 
   `data_root` evaluates on another FreiHAND-layout set instead of the run's own (e.g. the target domain of a
   cross-dataset study); `tag` then names the report files (`eval_<tag>_<split>.*`, default: the root's name).
   """
-  config, variables = probe.restore(workdir, step)
+  config, variables = keypoints.restore(workdir, step)
   if data_root is not None:
     with config.unlocked():
       config.data.update(name="freihand", root=data_root, val_fraction=0.0)
@@ -119,9 +116,9 @@ def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None, 
       const = np.broadcast_to(anchor, gt.shape)
       result["mean_pose_baseline"].update(pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
                                           pa_auc=metrics.auc(const, gt, aligned=True, valid=valid))
-    paths["pck"] = plot_pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split_name}.png"), m,
-                            None if anchor is None else const)
-  paths["skeletons"] = skeleton_grid(p, os.path.join(workdir, f"skeletons_{split_name}.png"))
+    paths["pck"] = report.pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split_name}.png"), m,
+                              None if anchor is None else const)
+  paths["skeletons"] = report.skeleton_grid(p, os.path.join(workdir, f"skeletons_{split_name}.png"))
   paths.update(write_submission(p["xyz"], workdir, split_name))
   base = os.path.join(workdir, f"eval_{split_name}")
   paths["json"], paths["markdown"] = base + ".json", base + ".md"
@@ -129,100 +126,17 @@ def evaluate(workdir, split="evaluation", limit=None, progress=True, step=None, 
   with open(base + ".json", "w") as f:
     json.dump(result, f, indent=1)
   with open(base + ".md", "w") as f:
-    f.write(markdown(result))
+    f.write(report.evaluation(result))
   return result
 
 
 def training_mean_pose(config):
   """The Procrustes mean of the training labels when the source holds them in memory (FreiHAND layout), else None."""
-  src = pretrain.source(config.data, "training")
+  src = inputs.source(config.data, "training")
   xyz = getattr(src, "xyz", None)
   if xyz is None:
     return None
   return metrics.mean_pose(xyz[getattr(src, "ids", slice(None))])
-
-
-def markdown(result):
-  lines = [f"# Evaluation of `{result['workdir']}` on `{result['split']}` of `{result['data']}`", "",
-           f"{result['images']} images ({result['labelled']} with 3-D labels); mode {result['mode']}, encoder "
-           f"{result['encoder'] or 'random init'}.", "",
-           "Protocol: " + ", ".join(f"{k} {v}" for k, v in result["protocol"].items()) + ".", ""]
-  m = result.get("metrics")
-  if m is None:
-    return "\n".join(lines + ["No 3-D labels on this split: predictions only (pred json/zip).", ""])
-  lines += ["| metric | value |", "|---|---|"]
-  lines += [f"| {LABELS[k]} | {m[k]:.4f} |" if "auc" in k else f"| {LABELS[k]} | {m[k]:.2f} |" for k in TABLE_KEYS]
-  lines += [f"| PA-EPE, Umeyama with reflection fix (mm) | {m['pa_epe_umeyama_mm']:.2f} |"]
-  b = result.get("mean_pose_baseline", {})
-  if "epe_2d_px" in b:
-    lines += [f"| anchor: constant mean 2D keypoints of this split, 2D EPE (px) | {b['epe_2d_px']:.2f} |"]
-  if "pa_epe_mm" in b:
-    lines += [f"| anchor: constant mean training pose, PA-EPE (mm) / PA-AUC | {b['pa_epe_mm']:.2f} / "
-              f"{b['pa_auc']:.4f} |"]
-  lines += ["",
-            "Per joint (mm):", "",
-            "| | " + " | ".join(hand.JOINT_NAMES) + " |", "|---|" + "---|" * len(hand.JOINT_NAMES),
-            "| EPE | " + " | ".join(f"{x:.1f}" for x in m["per_joint_epe_mm"]) + " |",
-            "| PA-EPE | " + " | ".join(f"{x:.1f}" for x in m["pa_per_joint_epe_mm"]) + " |", ""]
-  return "\n".join(lines)
-
-
-def write_table(rows, base, title):
-  """Rows of {name/fields..., metric keys} -> base.json and a Markdown table base.md."""
-  with open(base + ".json", "w") as f:
-    json.dump(rows, f, indent=1)
-  extra = [k for k in rows[0] if k not in TABLE_KEYS and k != "workdir"]
-  head = extra + [LABELS[k] for k in TABLE_KEYS]
-  lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in rows:
-    cells = [str(r[k]) for k in extra] + [f"{r[k]:.4f}" if "auc" in k else f"{r[k]:.2f}" for k in TABLE_KEYS]
-    lines.append("| " + " | ".join(cells) + " |")
-  with open(base + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-
-
-def plot_pck(pred, gt, valid, path, m, const=None):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(5, 4))
-  for aligned, name, auc in ((False, "unaligned", m["auc"]), (True, "Procrustes-aligned", m["pa_auc"])):
-    t, pck, _ = metrics.pck_curve(pred, gt, aligned=aligned, valid=valid)
-    ax.plot(t * 1000, pck, label=f"{name} (AUC {auc:.3f})")
-  if const is not None:
-    t, pck, _ = metrics.pck_curve(const, gt, aligned=True, valid=valid)
-    ax.plot(t * 1000, pck, "k--", lw=1, label="constant mean pose, aligned")
-  ax.set_xlabel("threshold (mm)")
-  ax.set_ylabel("3D PCK")
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
-def skeleton_grid(p, path, n=16, cols=4):
-  """Crops with the ground-truth skeleton (white, thin) under the predicted one (finger colours)."""
-  from PIL import ImageDraw
-
-  n = min(n, len(p["crop"]))
-  s = p["crop"].shape[1]
-  up = max(1, 128 // s)  # small crops are enlarged so the skeletons stay readable
-  sheet = Image.new("RGB", (cols * s * up, -(-n // cols) * s * up))
-  for i in range(n):
-    im = Image.fromarray(p["crop"][i]).resize((s * up, s * up), Image.BILINEAR)
-    draw = ImageDraw.Draw(im)
-    gt = p["gt_uv"][i] * up
-    for a, b in hand.BONES:
-      draw.line([tuple(gt[a]), tuple(gt[b])], fill=(255, 255, 255), width=1)
-    im = hand.draw_skeleton(im, p["uv"][i] * up, width=1)
-    sheet.paste(im, ((i % cols) * s * up, (i // cols) * s * up))
-  sheet.save(path)
-  return path
 
 
 def write_submission(xyz, workdir, split):
@@ -236,21 +150,22 @@ def write_submission(xyz, workdir, split):
   return {"pred_json": base + ".json", "pred_zip": base + ".zip"}
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True, help="a probe workdir (python -m peclr_jax.probe)")
-  p.add_argument("--split", default="evaluation", choices=("evaluation", "training"))
-  p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--data-root", default=None, help="evaluate on this FreiHAND-layout set instead of the run's own")
-  p.add_argument("--tag", default=None, help="names the report files with --data-root (default: the root's name)")
-  args = p.parse_args(argv)
-  from peclr_jax.data import common
+def _flags(fv, argv):
+  del argv
+  cli.workdir_flag(fv, "a probe workdir (peclr-probe)")
+  flags.DEFINE_enum("split", "evaluation", SPLITS, "the split to score", flag_values=fv)
+  flags.DEFINE_integer("limit", None, "evaluate the first N images only", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv)
+  flags.DEFINE_string("data_root", None, "evaluate on this FreiHAND-layout set instead of the run's own",
+                      flag_values=fv)
+  flags.DEFINE_string("tag", None, "names the report files with --data_root (default: the root's name)",
+                      flag_values=fv)
 
-  try:
+
+def main(argv: list[str] | None = None) -> None:
+  args = cli.parse(argv, __doc__, _flags)
+  with cli.errors(FileNotFoundError):
     r = evaluate(args.workdir, args.split, args.limit, step=args.step, data_root=args.data_root, tag=args.tag)
-  except (probe.TrainingError, FileNotFoundError, common.DataError) as e:
-    raise SystemExit(f"error: {e}") from None
   with open(r["paths"]["markdown"]) as f:
     print(f.read())
   print("wrote " + ", ".join(r["paths"].values()))

@@ -1,38 +1,29 @@
 """The main job on the embedded data: render, pretrain, then linear-probe the encoder against a random-init one.
 
-    python -m peclr_jax.main --workdir runs/main
+    peclr-main --workdir=runs/main      # python -m peclr_jax.main
 
 1. Renders the embedded synthetic hands (cached under --data), reads them back through the FreiHAND loader and
    the grain pipeline, prints label statistics and writes `contact_sheet.png` (16 images, xyz projected with K)
    and `crops.png` (pipeline crops, xyz projected with K' = T K).
-2. Pretrains with configs/pretrain.py:peclr,cpu (ResNet-18 at width 16, 64 px) in `<workdir>/pretrain` and plots
+2. Pretrains with the config pretrain:peclr,cpu (ResNet-18 at width 16, 64 px) in `<workdir>/pretrain` and plots
    loss, learning rate and the online probe (`curves.png`).
-3. The downstream protocol, configs/probe.py:linear,cpu: a linear layer on the frozen PeCLR encoder
+3. The downstream protocol, probe:linear,cpu: a linear layer on the frozen PeCLR encoder
    (`<workdir>/linear_peclr`) and on a frozen random-init one (`<workdir>/linear_random_init`) regresses 2.5-D
    keypoints; each is evaluated on the held-out split (2D EPE px, 3D EPE, PA-EPE, AUC; reports, PCK curves and
    skeleton grids in its workdir) and `linear.md` / `results.json` compare them.
 """
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
+from absl import flags
 from PIL import Image
 
-from peclr_jax import evaluate, hand, pretrain, probe
+from peclr_jax import cli, configs, loop, pretrain, probe, report
 from peclr_jax.data import common, freihand, pipeline, synthetic
-
-
-def contact_sheet(images, uvs, cols=4):
-  """A grid of images (uint8 [H, W, 3]) with skeletons `uvs` [N, 21, 2] drawn on them."""
-  h, w = images[0].shape[:2]
-  rows = -(-len(images) // cols)
-  sheet = Image.new("RGB", (cols * w, rows * h))
-  for i, (img, uv) in enumerate(zip(images, uvs)):
-    sheet.paste(hand.draw_skeleton(Image.fromarray(img), uv, width=1), ((i % cols) * w, (i // cols) * h))
-  return sheet
+from peclr_jax.objectives import OBJECTIVES
 
 
 def summarize(root, split="training"):
@@ -54,20 +45,24 @@ def summarize(root, split="training"):
       in_image_joints_on_mask=round(float(np.mean(on_mask)), 4))
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", default="runs/main", help="where sheets and summary.json go")
-  p.add_argument("--data", default="data/synthetic", help="embedded dataset root (generated if missing)")
-  p.add_argument("--train", type=int, default=4000)
-  p.add_argument("--eval", type=int, default=500)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--objective", default="peclr", choices=("simclr", "peclr", "relative", "hybrid"))
-  p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the cpu config's)")
-  p.add_argument("--probe-steps", type=int, default=None, help="linear-probe steps (default: the cpu config's)")
-  p.add_argument("--skip-pretrain", action="store_true", help="only render and check the data")
-  args = p.parse_args(argv)
-  with pretrain.cli_errors():
-    pretrain.check_workdir(args.workdir)
+def _flags(fv, argv):
+  del argv
+  flags.DEFINE_string("workdir", "runs/main", "where the sheets, runs and comparison go", flag_values=fv)
+  flags.DEFINE_string("data", "data/synthetic", "embedded dataset root (rendered if missing)", flag_values=fv)
+  flags.DEFINE_integer("train", 4000, "training hands to render", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("eval", 500, "evaluation hands to render", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "the embedded set's seed", flag_values=fv)
+  flags.DEFINE_enum("objective", "peclr", OBJECTIVES, "the pretraining objective", flag_values=fv)
+  flags.DEFINE_integer("steps", None, "pretraining steps (default: the cpu config's)", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("probe_steps", None, "linear-probe steps (default: the cpu config's)", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_bool("skip_pretrain", False, "only render and check the data", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = cli.parse(argv, __doc__, _flags, required=())
+  with cli.errors():
+    loop.make_workdir(args.workdir)
 
   t0 = time.perf_counter()
   wrote = synthetic.generate(args.data, args.train, args.eval, args.seed)
@@ -80,23 +75,23 @@ def main(argv=None):
 
   src = freihand.FreiHand(args.data, "training")
   records = [pipeline.decode(src[i]) for i in range(16)]
-  contact_sheet([r["image"] for r in records], [common.project(r["xyz"], r["K"]) for r in records]).save(
+  report.contact_sheet([r["image"] for r in records], [common.project(r["xyz"], r["K"]) for r in records]).save(
       os.path.join(args.workdir, "contact_sheet.png"))
   batch = next(iter(pipeline.dataset(src, 16, size=128, shuffle=False, num_epochs=1, process_index=0,
                                      process_count=1)))
-  contact_sheet(batch["image"], common.project(batch["xyz"], batch["K"])).save(
+  report.contact_sheet(batch["image"], common.project(batch["xyz"], batch["K"])).save(
       os.path.join(args.workdir, "crops.png"))
   with open(os.path.join(args.workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"wrote {args.workdir}/contact_sheet.png, crops.png, summary.json ({time.perf_counter() - t0:.1f} s)")
   if args.skip_pretrain:
     return
-  with pretrain.cli_errors():  # after a stop the same command resumes: finished stages are found, the rest resume
+  with cli.errors():  # after a stop the same command resumes: finished stages are found, the rest resume
     pretrain_and_compare(args, t0)
 
 
 def pretrain_and_compare(args, t0):
-  config = pretrain.load_config(f"pretrain.py:{args.objective},cpu")
+  config = configs.load(f"pretrain:{args.objective},cpu")
   config.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
   if args.steps:
     config.total_steps = args.steps
@@ -111,7 +106,7 @@ def pretrain_and_compare(args, t0):
   # The downstream protocol: a linear layer on the frozen encoder regresses 2.5-D keypoints; 3-D by the quadratic.
   rows = []
   for name, encoder in ((args.objective, pre_dir), ("random_init", "")):
-    c = pretrain.load_config("probe.py:linear,cpu")
+    c = configs.load("probe:linear,cpu")
     c.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
     c.encoder = encoder
     if args.probe_steps:
@@ -120,18 +115,17 @@ def pretrain_and_compare(args, t0):
     _, reports = probe.run(c, os.path.join(args.workdir, f"linear_{name}"))
     m = reports["evaluation"]["metrics"]
     rows.append(dict(encoder=name, probe_seconds=round(time.perf_counter() - t, 1),
-                     **{k: m[k] for k in evaluate.TABLE_KEYS}))
+                     **{k: m[k] for k in report.TABLE_KEYS}))
   results["linear"] = rows
-  plot(results["pretrain"], os.path.join(args.workdir, "curves.png"))
-  evaluate.write_table(rows, os.path.join(args.workdir, "linear"),
-                       "Linear probe on the frozen encoder, evaluation split")
+  report.curves(results["pretrain"], os.path.join(args.workdir, "curves.png"))
+  report.write_table(rows, os.path.join(args.workdir, "linear"), "Linear probe on the frozen encoder, evaluation split")
   with open(os.path.join(args.workdir, "results.json"), "w") as f:
     json.dump(results, f)
   a, b = rows
   pre = results["pretrain"]
   print(f"\n{args.objective} pretraining: {pre['steps']} steps in {pre['seconds']:.0f} s; online probe "
         f"{pre['online_probe_eval_px']:.2f} px on the evaluation split")
-  print(f"linear probe (configs/probe.py:linear,cpu) on the frozen encoder, evaluation split "
+  print(f"linear probe (probe:linear,cpu) on the frozen encoder, evaluation split "
         f"({config.augment.out_size} px crops):")
   print(f"  {'encoder':>12} | 2D EPE px | PA-EPE mm | PA-AUC | 3D EPE mm")
   for row in rows:
@@ -141,25 +135,6 @@ def pretrain_and_compare(args, t0):
   pa_change = 100 * (a["pa_epe_mm"] / b["pa_epe_mm"] - 1)
   print(f"  {args.objective}'s errors relative to random init's: 2D {change:+.1f} %, PA-EPE {pa_change:+.1f} %; "
         f"{args.workdir}/linear.md, curves.png; total {time.perf_counter() - t0:.0f} s")
-
-
-def plot(r, path):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  step, loss, lr, probe_px = np.array(r["curve"]).T
-  for ax, y, title in zip(axes, (loss, lr, probe_px), ("loss (objective + online probe)", "learning rate",
-                                                       "online probe 2D error (px, training views)")):
-    ax.plot(step, y)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-  fig.suptitle(f"{r['objective']} pretraining (eval online probe {r['online_probe_eval_px']:.2f} px)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+OBJECTIVES = ("simclr", "peclr", "relative", "hybrid")  # config.objective; hybrid = PeCLR + relative heads
 REFERENCE_MARGIN = 1.25  # the reference's fixed crop margin; `scale` maps every view to it
 # Widths of the reference colour samplers (hue, sat ∈ [0.01, 1], gain ∈ [0.5, 1], bias ∈ [5, 20] on the uint8
 # scale): dividing by them puts every colour target in [−1, 1], so the bias term no longer dominates the L1.
@@ -36,6 +37,9 @@ RELATIVE_DIMS = {"rotate": 1, "translate": 2, "crop": 2, "scale": 1, "random_cro
 # Reference flag names -> canonical names ("crop" is the jittered crop, "random_crop" samples the margin).
 _ALIAS = {"crop": "translate", "random_crop": "scale"}
 _GEOMETRIC = ("translate", "rotate", "scale")
+PECLR_TRANSFORMS = (*_GEOMETRIC, *_ALIAS)  # config.peclr.transforms
+TRANSLATION_NORMS = ("reference", "crop")  # config.peclr.translation_norm
+RELATIVE_TRANSFORMS = tuple(RELATIVE_DIMS)  # config.relative.transforms
 
 
 def _canon(transforms: Sequence[str], allowed: Sequence[str]) -> frozenset[str]:
@@ -130,8 +134,8 @@ def peclr_undo(z, angle, jitter_px, side, margin, transforms=("translate", "rota
   The result is flattened and L2-normalised again. Arguments a transform does not use may be None.
   """
   transforms = _canon(transforms, _GEOMETRIC)
-  if translation_norm not in ("reference", "crop"):
-    raise ValueError(f"translation_norm must be 'reference' or 'crop', got {translation_norm!r}")
+  if translation_norm not in TRANSLATION_NORMS:
+    raise ValueError(f"translation_norm must be one of {TRANSLATION_NORMS}, got {translation_norm!r}")
   z = _f32(z)
   b, d = z.shape
   if d % 2:

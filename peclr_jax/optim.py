@@ -17,6 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from peclr_jax import validate
+
+OPTIMIZERS = ("lars", "lars_adam", "adam", "sgd")
+LR_RULES = ("sqrt", "linear", "none")
+
 
 def decay_mask(params):
   """True for the leaves that get weight decay and trust ratios: kernels (ndim > 1), not biases or BN scales/biases.
@@ -108,9 +113,6 @@ def _base(name, lr, wd, momentum, trust):
   raise ValueError(f"unknown optimizer {name!r}")
 
 
-OPTIMIZERS = ("lars", "lars_adam", "adam", "sgd")
-
-
 def make(cfg, total_steps, steps_per_epoch=None):
   """Optimiser from a config; returns `(tx, lr_schedule)`.
 
@@ -146,6 +148,20 @@ def current_lr(opt_state):
     if has(s):
       return s.hyperparams["learning_rate"]
   raise ValueError("no injected learning rate in this optimiser state")
+
+
+# config.optim of pretraining (batch_size is set from the trainer's).
+RULES = {
+    "optimizer": validate.one_of(OPTIMIZERS),
+    "base_lr": validate.NON_NEGATIVE,
+    "lr_rule": validate.one_of(LR_RULES),
+    "accum_steps": validate.COUNT,
+    "weight_decay": validate.NON_NEGATIVE,
+    "warmup_epochs": validate.NON_NEGATIVE,
+    "warmup_steps": validate.optional(validate.integer(0)),
+    "momentum": validate.number(0, 1, hi_open=True),
+    "trust_coefficient": validate.optional(validate.POSITIVE),
+}
 
 
 def default_config():

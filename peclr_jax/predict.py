@@ -1,6 +1,6 @@
 """2-D and 3-D hand keypoints for a folder of hand crops, from a keypoint-regression workdir.
 
-  python -m peclr_jax.predict --workdir=runs/linear_peclr --images=my_crops/ --out=predictions/
+  peclr-predict --workdir=runs/linear_peclr --images=my_crops/ --out=predictions/    # python -m peclr_jax.predict
 
 Each image should already be a crop around one right hand, framed like the training crops (the hand's keypoints
 spanning about 1/1.25 of the side); non-square images are padded to a square (black) and resized to the model's
@@ -9,23 +9,24 @@ input size. Left hands can be mirrored first (`--flip`).
 Intrinsics: `--K fx,fy,cx,cy` in the image's pixels. Without it, the default K is FreiHAND's typical camera scaled to
 the crop: f = 388.9 x side / 224 and the principal point at the image centre (side = the longer image side), i.e.
 the crop is assumed to see what a 224 px FreiHAND image sees. 3-D is metric (metres, camera frame of that K) with the
-reference bone (the probe config's, FreiHAND's middle MCP->PIP by default) of length `--bone-length`; its default is
+reference bone (the probe config's, FreiHAND's middle MCP->PIP by default) of length `--bone_length`; its default is
 the median of the probe's training labels (probe.json), else 1 (normalised units).
 
 Writes OUT/<name>.json per image (uv in image pixels, z_rel, xyz, K) and OUT/<name>.png with the skeleton drawn,
 plus OUT/keypoints.json with all of them.
 """
 
-import argparse
 import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from PIL import Image
 
-from peclr_jax import augment, hand, probe
+from peclr_jax import augment, cli, hand, keypoints
 from peclr_jax.data import common
+from peclr_jax.errors import DataError
 
 FREIHAND_FOCAL = float(common.DEFAULT_K[0, 0])  # px at 224 px
 FREIHAND_SIDE = 224.0
@@ -47,16 +48,16 @@ def parse_K(text):
   try:
     fx, fy, cx, cy = (float(x) for x in text.split(","))
   except ValueError:
-    raise SystemExit(f"error: --K {text!r}: expected fx,fy,cx,cy (four numbers)") from None
+    cli.fail(f"--K={text!r}: expected fx,fy,cx,cy (four numbers)")
   return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float32)
 
 
 def list_images(folder):
   if not os.path.isdir(folder):
-    raise common.DataError(f"--images: directory {folder!r} does not exist")
+    raise DataError(f"--images: directory {folder!r} does not exist")
   names = sorted(f for f in os.listdir(folder) if f.lower().endswith(common.IMAGE_EXTENSIONS))
   if not names:
-    raise common.DataError(f"--images: no images ({', '.join(common.IMAGE_EXTENSIONS)}) in {folder!r}")
+    raise DataError(f"--images: no images ({', '.join(common.IMAGE_EXTENSIONS)}) in {folder!r}")
   return [os.path.join(folder, n) for n in names]
 
 
@@ -67,7 +68,7 @@ def load_crop(path, size, flip=False):
       im.load()
       image = im.convert("RGB")
   except (OSError, ValueError, SyntaxError) as e:
-    raise common.DataError(f"corrupt or unreadable image {path!r}: {e}") from e
+    raise DataError(f"corrupt or unreadable image {path!r}: {e}") from e
   if flip:
     image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   w, h = image.size
@@ -81,10 +82,11 @@ def load_crop(path, size, flip=False):
   return np.asarray(crop), T, (w, h)
 
 
-def predict(workdir, paths, K=None, bone_length=None, flip=False, batch_size=32):
+def predict(workdir: str, paths: list[str], K: np.ndarray | None = None, bone_length: float | None = None,
+            flip: bool = False, batch_size: int = 32) -> list[dict]:
   """[dict(image, uv (image px), z_rel, xyz, K)] for each image path."""
-  config, variables = probe.restore(workdir)
-  fn = probe.predictor(config, variables)
+  config, variables = keypoints.restore(workdir)
+  fn = keypoints.predictor(config, variables)
   size = config.augment.out_size
   if bone_length is None:
     info = os.path.join(workdir, "probe.json")
@@ -101,7 +103,7 @@ def predict(workdir, paths, K=None, bone_length=None, flip=False, batch_size=32)
     K_crop = np.stack([T @ k for (_, T, _), k in zip(chunk, Kn)]).astype(np.float32)
     x = augment.normalize(np.stack([c for c, _, _ in chunk]).astype(np.float32))
     pred = fn(jnp.asarray(x), jnp.asarray(K_crop))
-    xyz = np.asarray(probe.reconstruct(pred, K_crop, jnp.full((len(chunk),), bone_length), config.keypoints))
+    xyz = np.asarray(keypoints.reconstruct(pred, K_crop, jnp.full((len(chunk),), bone_length), config.keypoints))
     for j, (_, T, _) in enumerate(chunk):
       uv_crop = np.asarray(pred["uv"][j], np.float64)
       uv = (uv_crop - T[:2, 2]) / T[0, 0]
@@ -115,22 +117,24 @@ def predict(workdir, paths, K=None, bone_length=None, flip=False, batch_size=32)
   return results
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True, help="a probe workdir (python -m peclr_jax.probe)")
-  p.add_argument("--images", required=True, help="folder of hand-crop images")
-  p.add_argument("--out", required=True, help="output folder for JSON and overlay PNGs")
-  p.add_argument("--K", default=None, help="fx,fy,cx,cy in image pixels (default: FreiHAND's, scaled)")
-  p.add_argument("--bone-length", type=float, default=None, help="reference bone length in metres")
-  p.add_argument("--flip", action="store_true", help="mirror images first (left hands)")
-  args = p.parse_args(argv)
+def _flags(fv, argv):
+  del argv
+  cli.workdir_flag(fv, "a probe workdir (peclr-probe)")
+  flags.DEFINE_string("images", None, "folder of hand-crop images", flag_values=fv)
+  flags.DEFINE_string("out", None, "output folder for JSON and overlay PNGs", flag_values=fv)
+  flags.DEFINE_string("K", None, "fx,fy,cx,cy in image pixels (default: FreiHAND's, scaled)", flag_values=fv)
+  flags.DEFINE_float("bone_length", None, "reference bone length in metres (default: the training labels' median)",
+                     lower_bound=0.0, flag_values=fv)
+  flags.DEFINE_bool("flip", False, "mirror images first (left hands)", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = cli.parse(argv, __doc__, _flags, required=("workdir", "images", "out"))
   K = parse_K(args.K) if args.K else None
-  try:
+  with cli.errors(FileNotFoundError, OSError):
     paths = list_images(args.images)
     os.makedirs(args.out, exist_ok=True)
     results = predict(args.workdir, paths, K, args.bone_length, args.flip)
-  except (probe.TrainingError, FileNotFoundError, common.DataError, OSError) as e:
-    raise SystemExit(f"error: {e}") from None
   for r in results:
     stem = os.path.splitext(os.path.basename(r["image"]))[0]
     with open(os.path.join(args.out, stem + ".json"), "w") as f:

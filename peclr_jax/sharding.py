@@ -14,6 +14,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from peclr_jax.errors import ConfigError
+
 MODES = ("auto", "on", "off")
 
 
@@ -54,10 +56,7 @@ def init_distributed(mode="auto", coordinator=None, num_processes=None, process_
   kw = arguments(coordinator, num_processes, process_id)
   if mode == "off" or (mode == "auto" and not kw and detect() is None):
     return False
-  try:  # cross-process collectives for CPU devices (GPU / TPU have their own)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except (AttributeError, KeyError, ValueError):  # a jax without the option: its default is used
-    logging.warning("jax has no jax_cpu_collectives_implementation; CPU runs across processes may not work")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # for CPU devices; GPU / TPU have their own
   jax.distributed.initialize(initialization_timeout=timeout, **kw)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -67,10 +66,7 @@ def init_distributed(mode="auto", coordinator=None, num_processes=None, process_
 def mesh(devices=None):
   """A 1-D mesh (axis `data`, compiler-propagated Auto sharding) over `devices`, default every device."""
   devices = np.array(jax.devices() if devices is None else devices)
-  try:
-    return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  except (AttributeError, TypeError):  # older jax: Mesh is Auto by default
-    return jax.sharding.Mesh(devices, ("data",))
+  return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(m):
@@ -90,4 +86,4 @@ def put_batch(batch, m):
 def check_batch_size(global_batch, m):
   n = m.devices.size
   if global_batch % n:
-    raise ValueError(f"config.batch_size={global_batch} must be divisible by the {n} devices of the mesh")
+    raise ConfigError(f"config.batch_size={global_batch}: expected a multiple of the mesh's {n} devices")

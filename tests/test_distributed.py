@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from peclr_jax import checkpoint, log, pretrain, sharding
+from peclr_jax import checkpoint, configs, log, pretrain, sharding
 from peclr_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def data_root(tmp_path_factory):
 def start(workdir, data_root):
   """Two pretraining processes joined by jax.distributed on localhost, one CPU device each."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=configs/pretrain.py:hybrid,tiny",
+  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:hybrid,tiny",
          f"--workdir={workdir}", f"--config.data.root={data_root}",
          *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
          "--distributed=on", f"--coordinator=127.0.0.1:{free_port()}", "--num_processes=2"]
@@ -84,7 +84,7 @@ def test_two_processes_equal_one_process_through_a_preemption(data_root, tmp_pat
   assert f"resumed from the checkpoint of step {step}" in outs[0]
   assert "done: step 8" in outs[0] and "done:" not in outs[1]  # process 0 reports, both finish
 
-  c = pretrain.load_config("pretrain.py:hybrid,tiny")
+  c = configs.load("pretrain:hybrid,tiny")
   c.data.root = data_root
   c.update(OVERRIDES)
   one = pretrain.train(c, str(tmp_path / "single"), progress=False, devices=jax.devices()[:2])

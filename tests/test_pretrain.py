@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from peclr_jax import log, pretrain
+from peclr_jax import configs, inputs, log, pretrain
+from peclr_jax.errors import TrainingError
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny(data_root, objective="peclr", **overrides):
-  c = pretrain.load_config(f"pretrain.py:{objective},tiny")
+  c = configs.load(f"pretrain:{objective},tiny")
   c.data.root = data_root
   for k, v in overrides.items():
     node, *path = k.split(".")
@@ -115,7 +116,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_last_good_checkpoint(data_root
   pretrain.train(tiny(data_root, "simclr", total_steps=1, log_every=1, ckpt_every=1,
                       **{"optim.optimizer": "sgd"}), str(tmp_path), progress=False)
   c.optim.base_lr = 1e30  # the next update overflows
-  with pytest.raises(pretrain.TrainingError, match=r"non-finite .* at step 2.*Last good checkpoint: step 1"):
+  with pytest.raises(TrainingError, match=r"non-finite .* at step 2.*Last good checkpoint: step 1"):
     pretrain.train(c, str(tmp_path), progress=False)
   from peclr_jax import checkpoint
   assert checkpoint.manager(str(tmp_path)).latest_step() == 1
@@ -141,7 +142,7 @@ def test_bad_command_lines_fail_before_any_work(override, message, tmp_path):
   import sys
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=configs/pretrain.py:peclr,tiny",
+  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:peclr,tiny",
          f"--workdir={tmp_path / 'w'}", override]
   r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
   assert r.returncode != 0 and message in r.stderr + r.stdout
@@ -156,7 +157,7 @@ def test_bad_config_values_fail_before_any_work(key, value, message, tmp_path):
   import re
 
   c = tiny(str(tmp_path / "data"), **{key: value})
-  with pytest.raises(pretrain.TrainingError, match=re.escape(message)):
+  with pytest.raises(TrainingError, match=re.escape(message)):
     pretrain.train(c, str(tmp_path / "w"), progress=False)
   assert not (tmp_path / "w").exists() and not (tmp_path / "data").exists()
 
@@ -182,7 +183,7 @@ def test_bad_dataset_is_one_line_naming_the_file(problem, data_root, tmp_path):
     with open(path, "w") as f:
       json.dump(xyz[:-1], f)  # one label short
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=configs/pretrain.py:peclr,tiny",
+  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:peclr,tiny",
          f"--workdir={tmp_path / 'w'}", "--config.data.name=freihand", f"--config.data.root={root}"]
   r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
   assert r.returncode == 1 and "Traceback" not in r.stderr
@@ -193,7 +194,7 @@ def test_bad_dataset_is_one_line_naming_the_file(problem, data_root, tmp_path):
 
 def test_unwritable_workdir(data_root, tmp_path):
   (tmp_path / "file").write_text("")
-  with pytest.raises(pretrain.TrainingError, match="not writable"):
+  with pytest.raises(TrainingError, match="not writable"):
     pretrain.train(tiny(data_root), str(tmp_path / "file" / "w"), progress=False)
 
 
@@ -203,8 +204,8 @@ def test_mix_roots_mix_other_sets_into_the_training_split(data_root, tmp_path):
   other = str(tmp_path / "other")
   synthetic.generate(other, 24, 4, seed=3, progress=False)
   c = tiny(data_root, **{"data.mix_roots": (other,)})
-  src = pretrain.source(c.data)
+  src = inputs.source(c.data)
   assert len(src) == 64 + 24
   sources = np.array([int(src[i]["source"]) for i in range(len(src))])
   assert set(sources) == {0, 1} and 0.3 < sources.mean() < 0.7  # equal weights, not equal lengths
-  assert not hasattr(pretrain.source(c.data, "evaluation"), "sources")  # evaluation stays the main set
+  assert not hasattr(inputs.source(c.data, "evaluation"), "sources")  # evaluation stays the main set

@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from peclr_jax import checkpoint, log, pretrain
+from peclr_jax import checkpoint, configs, inputs, log, loop, pretrain
 from peclr_jax.data import synthetic
+from peclr_jax.errors import TrainingError, WriteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10  # 2.5 epochs of the 64-record set: the restarts cross epoch boundaries (reshuffles)
@@ -33,14 +34,14 @@ def data_root(tmp_path_factory):
 
 
 def config(data_root, **overrides):
-  c = pretrain.load_config("pretrain.py:peclr,tiny")
+  c = configs.load("pretrain:peclr,tiny")
   c.data.root = data_root
   c.update({**OVERRIDES, **overrides})
   return c
 
 
 def command(workdir, data_root, *extra):
-  return [sys.executable, "-m", "peclr_jax.pretrain", "--config=configs/pretrain.py:peclr,tiny", f"--workdir={workdir}",
+  return [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:peclr,tiny", f"--workdir={workdir}",
           f"--config.data.root={data_root}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra]
 
 
@@ -180,8 +181,8 @@ def test_too_little_free_space_fails_before_the_save(data_root, tmp_path, monkey
   import shutil as real
 
   usage = collections.namedtuple("usage", "total used free")
-  monkeypatch.setattr(pretrain, "shutil", type("fake", (), {"disk_usage": lambda path: usage(2**30, 2**30, 2**19)}))
-  with pytest.raises(pretrain.WriteError, match=r"checkpoint of step 1 under .*: 0\.5 MiB free, about .* MiB needed\. "
+  monkeypatch.setattr(loop, "shutil", type("fake", (), {"disk_usage": lambda path: usage(2**30, 2**30, 2**19)}))
+  with pytest.raises(WriteError, match=r"checkpoint of step 1 under .*: 0\.5 MiB free, about .* MiB needed\. "
                                                 r"Last complete checkpoint: none"):
     pretrain.train(config(data_root), str(tmp_path), progress=False)
   assert real.disk_usage(str(tmp_path)).free > 2**19 and not glob.glob(str(tmp_path / "checkpoints" / "*"))
@@ -190,7 +191,7 @@ def test_too_little_free_space_fails_before_the_save(data_root, tmp_path, monkey
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_for_metrics_is_one_clear_error(data_root, tmp_path):
   os.symlink("/dev/full", tmp_path / "metrics.jsonl")  # every write fails with ENOSPC
-  with pytest.raises(pretrain.TrainingError, match=r"could not write .*metrics.jsonl: .*No space left on device\. "
+  with pytest.raises(TrainingError, match=r"could not write .*metrics.jsonl: .*No space left on device\. "
                                                    r"Last complete checkpoint: none"):
     pretrain.train(config(data_root), str(tmp_path), progress=False)
 
@@ -199,14 +200,14 @@ def test_corrupt_image_mid_run_stops_with_its_path_and_skip_corrupt_continues(da
   root = str(tmp_path / "data")
   shutil.copytree(data_root, root)
   c = config(root, ckpt_every=5)
-  src = pretrain.source(c.data)
-  it = iter(pretrain.input_pipeline(c, src))
+  src = inputs.source(c.data)
+  it = iter(inputs.dataset(c, src))
   index = [next(it)["index"] for _ in range(3)][2][5]  # a record of the batch of step 3
   path = src[int(index)]["image_path"]
   with open(path, "r+b") as f:
     f.truncate(300)
   w = str(tmp_path / "w")
-  with pytest.raises(pretrain.TrainingError) as e:
+  with pytest.raises(TrainingError) as e:
     pretrain.train(c, w, progress=False)
   msg = str(e.value)
   assert path in msg and "(batch of step 3); saved a checkpoint at step 2" in msg and "skip_corrupt=True" in msg

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from peclr_jax import study
-from peclr_jax.pretrain import load_config
+from peclr_jax import configs, scheduler, study
+from peclr_jax.errors import ConfigError
 
 
 def cfg(name, **overrides):
-  c = load_config(f"study.py:{name},tiny")
+  c = configs.load(f"study:{name},tiny")
   c.update(overrides)
   return c
 
@@ -21,8 +21,8 @@ def test_objectives_pretrains_each_objective_with_its_default_augmentations():
   runs = study.objectives(cfg("objectives"))
   pre = {r.name: r for r in runs if r.kind == "pretrain"}
   assert {n: r.config for n, r in pre.items()} == {
-      "pretrain_simclr": "pretrain.py:simclr,tiny", "pretrain_peclr": "pretrain.py:peclr,tiny",
-      "pretrain_relative": "pretrain.py:relative,tiny"}
+      "pretrain_simclr": "pretrain:simclr,tiny", "pretrain_peclr": "pretrain:peclr,tiny",
+      "pretrain_relative": "pretrain:relative,tiny"}
   assert all("augment.ops" not in dict(r.overrides) for r in pre.values())  # the config's own (the papers' best)
   probes = {r.needs: r for r in runs if r.kind == "probe"}
   assert set(probes) == set(pre) | {""} and dict(probes[""].tags)["objective"] == "random init"
@@ -40,7 +40,7 @@ def test_ablation_runs_each_augmentation_with_the_objectives_that_differ():
   assert pre["pretrain_relative_color_jitter"]["relative.transforms"] == ("color_jitter",)
   probes = [r for r in runs if r.kind == "probe"]
   assert {r.needs for r in probes} == set(pre) | {""}  # one probe per encoder, plus the random-init baseline
-  assert all(r.config == "probe.py:linear,tiny" for r in probes)
+  assert all(r.config == "probe:linear,tiny" for r in probes)
 
 
 def test_composition_is_every_combination_of_two_or_more():
@@ -49,17 +49,17 @@ def test_composition_is_every_combination_of_two_or_more():
   pre = {r.name: (r.config, dict(r.overrides)) for r in runs if r.kind == "pretrain"}
   assert len(pre) == 11  # C(4,2) + C(4,3) + C(4,4), the reference's 11 combinations of 4
   config, o = pre["pretrain_color_jitter+crop"]
-  assert config == "pretrain.py:peclr,tiny" and o["peclr.transforms"] == ("crop",)
+  assert config == "pretrain:peclr,tiny" and o["peclr.transforms"] == ("crop",)
   config, o = pre["pretrain_color_jitter+scale"]
-  assert config == "pretrain.py:relative,tiny" and o["relative.transforms"] == ("scale",)
+  assert config == "pretrain:relative,tiny" and o["relative.transforms"] == ("scale",)
   config, o = pre["pretrain_crop+rotate+scale"]
-  assert config == "pretrain.py:hybrid,tiny" and o["peclr.transforms"] == ("crop", "rotate")
+  assert config == "pretrain:hybrid,tiny" and o["peclr.transforms"] == ("crop", "rotate")
   # An ablation's best_objectives.json covers every augmentation; only config.compose is combined.
   more = study.composition(cfg("composition", best=best + ",blur=simclr,sobel=simclr"))
   assert [r.name for r in more] == [r.name for r in runs]
-  with pytest.raises(ValueError, match="does not exist"):
+  with pytest.raises(ConfigError, match="does not exist"):
     study.composition(cfg("composition", best_from="/nonexistent.json"))
-  with pytest.raises(ValueError, match="bad or too few"):
+  with pytest.raises(ConfigError, match="bad or too few"):
     study.composition(cfg("composition", best="crop=moco,rotate=peclr"))
 
 
@@ -74,11 +74,11 @@ def test_cross_dataset_pretrains_on_both_domains_probes_on_a_and_tests_on_b():
   for name in ("scratch", "linear_AB", "finetune_AB", "linear_A", "finetune_A"):
     probe, test = runs[name], runs[f"eval_B_{name}"]
     assert dict(probe.overrides)["data.root"] == "/s/data_A"  # labels of A only
-    assert test.kind == "evaluate" and test.needs == name and dict(test.overrides)["data-root"] == "/s/data_B"
+    assert test.kind == "evaluate" and test.needs == name and dict(test.overrides)["data_root"] == "/s/data_B"
     assert test.output("/s") == f"/s/{name}/eval_B_evaluation.json"
   assert runs["scratch"].needs == "" and runs["finetune_AB"].needs == "pretrain_peclr_AB"
   assert runs["data_B"].command("/s")[3:] == ["--out=/s/data_B", "--train=32", "--eval=8", "--workers=1",
-                                              "--distance", "0.5", "0.8", "--skin", "0.5", "1.0",
+                                              "--distance=0.5,0.8", "--skin=0.5,1.0",
                                               "--backgrounds=clutter,noise,shapes", "--seed=2"]
 
 
@@ -96,17 +96,17 @@ def test_supervised_pairs_scratch_and_finetune_per_model_and_fraction():
 
 def test_commands_are_the_clis_with_literal_overrides():
   assert study._flag(("rotate",)) == "('rotate',)" and study._flag(()) == "()" and study._flag(0.5) == "0.5"
-  r = study.Run("a", "pretrain", "pretrain.py:peclr,tiny", (("augment.ops", ("crop", "rotate")),))
+  r = study.Run("a", "pretrain", "pretrain:peclr,tiny", (("augment.ops", ("crop", "rotate")),))
   assert r.command("/s")[4:] == ["--config.augment.ops=('crop','rotate',)", "--workdir=/s/a"]
 
 
 def test_a_failed_encoder_skips_its_probe_and_the_rest_goes_on(tmp_path):
   data = ("data.root", str(tmp_path / "data"))  # not the repository's data/synthetic
-  runs = [study.Run("bad", "pretrain", "pretrain.py:simclr,tiny", (("model.name", "resnet7"), data)),
-          study.Run("bad_probe", "probe", "probe.py:linear,tiny", (data,), needs="bad"),
-          study.Run("other", "pretrain", "pretrain.py:simclr,tiny", (("total_steps", 0), data))]
+  runs = [study.Run("bad", "pretrain", "pretrain:simclr,tiny", (("model.name", "resnet7"), data)),
+          study.Run("bad_probe", "probe", "probe:linear,tiny", (data,), needs="bad"),
+          study.Run("other", "pretrain", "pretrain:simclr,tiny", (("total_steps", 0), data))]
   lines = []
-  failed = study.execute(runs, str(tmp_path), parallel=2, log=lines.append, poll=0.1)
+  failed = scheduler.execute(runs, str(tmp_path), parallel=2, log=lines.append, poll=0.1)
   assert set(failed) == {"bad", "bad_probe", "other"}  # total_steps=0 is an error too, but it did run
   assert any(line.startswith("[skipped] bad_probe") for line in lines)
   assert os.path.isfile(tmp_path / "other" / "run.log") and not (tmp_path / "bad_probe").exists()
@@ -134,7 +134,7 @@ def test_sigterm_reaches_the_running_runs_and_starts_no_more(tmp_path):
   threading.Thread(target=terminate, daemon=True).start()
   lines, t0 = [], time.time()
   with pytest.raises(checkpoint.Preempted, match="SIGTERM received"):
-    study.execute([Sleeper("a", "pretrain"), Sleeper("b", "pretrain")], str(tmp_path), parallel=1,
+    scheduler.execute([Sleeper("a", "pretrain"), Sleeper("b", "pretrain")], str(tmp_path), parallel=1,
                   log=lines.append, poll=0.05)
   assert "[stopped] a (exit 143)" in lines and time.time() - t0 < 30
   assert not (tmp_path / "b.started").exists()
@@ -142,7 +142,7 @@ def test_sigterm_reaches_the_running_runs_and_starts_no_more(tmp_path):
 
 def test_study_runs_resumes_and_tabulates(tmp_path):
   root, data = tmp_path / "study", tmp_path / "data"
-  argv = [sys.executable, "-m", "peclr_jax.study", "--config=configs/study.py:ablation,tiny", f"--workdir={root}",
+  argv = [sys.executable, "-m", "peclr_jax.study", "--config=study:ablation,tiny", f"--workdir={root}",
           "--config.parallel=2", "--config.augmentations=('crop',)", "--config.objectives=('simclr',)",
           f"--config.data_overrides=(('data.root','{data}'),)"]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

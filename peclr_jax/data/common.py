@@ -1,4 +1,4 @@
-"""The record every source returns, shared file checks and the one error type for bad input.
+"""The record every source returns and the shared file checks (bad input raises errors.DataError).
 
 A record is a flat dict of numpy values (grain batches it by stacking leaves):
   image_path  str               file the image came from (for error messages)
@@ -21,14 +21,11 @@ import os
 import numpy as np
 
 from peclr_jax import hand
+from peclr_jax.errors import DataError
 
 # FreiHAND's typical intrinsics (reference §6.1); used where a source has no K.
 DEFAULT_K = np.array([[388.9018, 0.0, 112.0], [0.0, 388.7123, 112.0], [0.0, 0.0, 1.0]], np.float32)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-class DataError(ValueError):
-  """Bad input data: the message names the file and what was expected."""
 
 
 def require_dir(path, what):

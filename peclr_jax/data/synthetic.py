@@ -1,6 +1,6 @@
 """The embedded dataset: procedurally rendered right hands written in exactly the FreiHAND layout.
 
-    python -m peclr_jax.data.synthetic --out data/synthetic --train 20000 --eval 1000 --seed 0
+    peclr-synthetic --out=data/synthetic --train=20000 --eval=1000 --seed=0    # python -m peclr_jax.data.synthetic
 
 writes `training/rgb/%08d.jpg` (224x224), `training/mask/%08d.jpg`, `training_{xyz,K,scale}.json` and the same for
 `evaluation`, so `freihand.FreiHand` reads it unchanged. Deterministic by seed: each sample draws from
@@ -16,7 +16,6 @@ backgrounds. Training images can come in several *versions* (file index = id + n
 hand and mask, new background, light and skin.
 """
 
-import argparse
 import dataclasses
 import fcntl
 import io
@@ -26,6 +25,7 @@ import os
 import time
 
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw, ImageFilter
 
 SIZE = 224
@@ -486,28 +486,48 @@ def generate(out, train, eval, seed=0, versions=1, style=Style(), workers=None, 
   return True
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="peclr-synthetic")
-  p.add_argument("--out", required=True, help="dataset root to write (FreiHAND layout)")
-  p.add_argument("--train", type=int, default=2000, help="training ids")
-  p.add_argument("--eval", type=int, default=200, help="evaluation ids")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--versions", type=int, default=1, help="images per training id (FreiHAND has 4)")
-  p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-  p.add_argument("--distance", type=float, nargs=2, default=Style.distance, metavar=("MIN", "MAX"))
-  p.add_argument("--skin", type=float, nargs=2, default=Style.skin, metavar=("LIGHT", "DARK"))
-  p.add_argument("--backgrounds", default=",".join(Style.backgrounds))
-  p.add_argument("--force", action="store_true", help="rewrite even if the same set is already there")
-  args = p.parse_args(argv)
-  style = Style(distance=tuple(args.distance), skin=tuple(args.skin),
-                backgrounds=tuple(args.backgrounds.split(",")))
-  bad = set(style.backgrounds) - set(Style.backgrounds)
-  if bad:
-    p.error(f"unknown --backgrounds {sorted(bad)}; choose from {Style.backgrounds}")
+STYLE_FLAGS = ("distance", "skin", "backgrounds", "seed", "versions")  # the flags that make a data domain
+
+
+def _pair(text):
+  try:
+    lo, hi = (float(x) for x in text)
+  except (TypeError, ValueError):
+    return False
+  return lo <= hi
+
+
+def _flags(fv, argv):
+  del argv
+  flags.DEFINE_string("out", None, "dataset root to write (FreiHAND layout)", flag_values=fv)
+  flags.DEFINE_integer("train", 2000, "training ids", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("eval", 200, "evaluation ids", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "the dataset's seed (same seed, same bytes)", flag_values=fv)
+  flags.DEFINE_integer("versions", 1, "images per training id (FreiHAND has 4)", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("workers", None, "processes (default: all cores)", lower_bound=1, flag_values=fv)
+  flags.DEFINE_list("distance", [str(x) for x in Style.distance], "MIN,MAX metres from the camera", flag_values=fv)
+  flags.DEFINE_list("skin", [str(x) for x in Style.skin], "LIGHT,DARK range of the skin palette (0-1)",
+                    flag_values=fv)
+  flags.DEFINE_list("backgrounds", list(Style.backgrounds), f"some of {','.join(Style.backgrounds)}", flag_values=fv)
+  flags.DEFINE_bool("force", False, "rewrite even if the same set is already there", flag_values=fv)
+  for name, what in (("distance", "MIN,MAX"), ("skin", "LIGHT,DARK")):
+    flags.register_validator(name, _pair, f"expected two numbers {what} with {what.split(',')[0]} <= "
+                             f"{what.split(',')[1]}", flag_values=fv)
+  flags.register_validator("backgrounds", lambda v: bool(v) and set(v) <= set(Style.backgrounds),
+                           f"expected some of {', '.join(Style.backgrounds)}", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  from peclr_jax import cli  # not at the top: spawned render workers import this module, and need no jax
+
+  args = cli.parse(argv, __doc__, _flags, required=("out",))
+  style = Style(distance=tuple(map(float, args.distance)), skin=tuple(map(float, args.skin)),
+                backgrounds=tuple(args.backgrounds))
   if args.force and os.path.exists(os.path.join(args.out, MANIFEST)):
     os.remove(os.path.join(args.out, MANIFEST))
   t0 = time.perf_counter()
-  wrote = generate(args.out, args.train, args.eval, args.seed, args.versions, style, args.workers)
+  with cli.errors(OSError):
+    wrote = generate(args.out, args.train, args.eval, args.seed, args.versions, style, args.workers)
   print(f"{'wrote' if wrote else 'already there'}: {args.out} ({args.train} x {args.versions} training, "
         f"{args.eval} evaluation) in {time.perf_counter() - t0:.1f} s")
 

@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 
+from peclr_jax import validate
 from peclr_jax.models.conv import MODES as CONVS
 from peclr_jax.models.heads import LinearProbe, MLPHead, ProjectionHead, RelativeHead
 from peclr_jax.models.hourglass import Hourglass25D
@@ -9,6 +10,20 @@ from peclr_jax.models.resnet import MODELS, ResNet, create
 
 ENCODERS = (*MODELS, "hourglass")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters, BN statistics and optimiser state stay float32
+
+# config.model, as the pretraining and probe configs share it (the heads' sizes are pretraining's).
+RULES = {
+    "name": validate.one_of(ENCODERS),
+    "width": validate.COUNT,
+    "small_stem": validate.BOOL,
+    "zero_init_last_bn": validate.BOOL,
+    "stacks": validate.COUNT,
+    "proj_hidden": validate.COUNT,
+    "proj_out": validate.COUNT,
+    "rel_hidden": validate.COUNT,
+    "conv": validate.one_of(CONVS),
+    "dtype": validate.one_of(DTYPES),
+}
 
 
 def dtype(model):
@@ -36,5 +51,5 @@ def encoder(model, name=None):
                 conv=conv_mode(model), dtype=dtype(model), name=name)
 
 
-__all__ = ["CONVS", "DTYPES", "ENCODERS", "MODELS", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead",
+__all__ = ["CONVS", "DTYPES", "ENCODERS", "MODELS", "RULES", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead",
            "RelativeHead", "ResNet", "conv_mode", "create", "dtype", "encoder"]

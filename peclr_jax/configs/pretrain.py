@@ -1,27 +1,24 @@
-"""Self-supervised pretraining configs: `--config=configs/pretrain.py:OBJECTIVE[,SIZE]`.
+"""Self-supervised pretraining: `--config=pretrain:OBJECTIVE[,SIZE]` (peclr-pretrain, peclr_jax/pretrain.py).
 
-OBJECTIVE: simclr | peclr | relative | hybrid. SIZE: full (default; the reference's PeCLR setting), cpu (a laptop
-run on the embedded data), tiny (seconds; used by the tests).
+OBJECTIVE: simclr | peclr | relative | hybrid (objectives.OBJECTIVES). SIZE: full (default; the reference's PeCLR
+setting), cpu (a laptop run on the embedded data), tiny (seconds; the tests').
 
-  python -m peclr_jax.pretrain --config=configs/pretrain.py:peclr --workdir=runs/peclr --config.batch_size=512
-  python -m peclr_jax.pretrain --config=configs/pretrain.py:peclr,cpu --workdir=runs/peclr_cpu
+  peclr-pretrain --config=pretrain:peclr,cpu --workdir=runs/peclr_cpu
+  peclr-pretrain --config=pretrain:peclr --workdir=runs/peclr --config.batch_size=512
 
-Expected: `full` follows the reference (ResNet-50, 128 px, LARS-wrapped Adam, lr 1e-4 * sqrt(2048) with
-accumulation 16 x 128, 100 epochs, 10 warm-up, tau 0.5) and needs an accelerator; `cpu` runs ResNet-18 at quarter
-width on 64 px crops of the embedded hands, 600 steps of batch 64 in about 3.5 minutes on 2 cores (`python -m
-peclr_jax.main` measured 202 s); its online probe reached 11.79 px on the held-out evaluation split, and the
-downstream linear probe (configs/probe.py:linear,cpu) on it 10.56 px / PA-EPE 28.69 mm (random init: 11.30 px /
-30.02 mm; fine-tuning an earlier run's encoder: 8.24 px / 24.11 mm against 8.66 / 25.01 from scratch); `tiny` runs
-a few steps in seconds. model.conv=auto picks the CPU formulation of the convolutions on a CPU (1.4-7x faster
-steps; README, Performance); --config.model.dtype=bfloat16 is mixed precision, for accelerators.
-Every field can be overridden as --config.key=value; unknown keys and wrong types fail before anything compiles.
+`full` follows the reference (ResNet-50, 128 px, LARS-wrapped Adam, lr 1e-4 * sqrt(2048) with accumulation
+16 x 128, 100 epochs, 10 warm-up, tau 0.5) and needs an accelerator; `cpu` runs ResNet-18 at quarter width on 64 px
+crops of the embedded hands, 600 steps of batch 64 (the main job's pretraining, a few minutes on 2 cores); `tiny`
+runs a few steps in seconds. model.conv=auto picks the CPU formulation of the convolutions on a CPU
+(peclr_jax/models/conv.py); model.dtype=bfloat16 is mixed precision, for accelerators. Every field can be overridden
+as --config.key=value; unknown keys and wrong types fail before anything compiles, and every value is checked
+against what the code accepts (pretrain.RULES) before any work.
 """
 
 import ml_collections
 
 from peclr_jax import augment, configs, optim
-
-OBJECTIVES = ("simclr", "peclr", "relative", "hybrid")
+from peclr_jax.objectives import OBJECTIVES
 
 
 def get_config(arg="peclr"):
@@ -31,7 +28,7 @@ def get_config(arg="peclr"):
   c.seed = 5  # the reference's seed
 
   c.data = ml_collections.ConfigDict(dict(
-      name="synthetic",  # synthetic | freihand | interhand | folder
+      name="synthetic",  # inputs.SOURCES
       root="data/synthetic",  # dataset root; the synthetic set is rendered there when missing
       synthetic_train=20000, synthetic_eval=1000, synthetic_seed=0,
       val_fraction=0.0,  # ids held out of pretraining (FreiHAND-style split over unique ids)
@@ -46,10 +43,11 @@ def get_config(arg="peclr"):
   c.model = ml_collections.ConfigDict(dict(
       name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
       proj_hidden=512, proj_out=128, rel_hidden=1024,
-      conv="auto",  # encoder convolutions: xla, cpu (models/conv.py; 1.4-7x faster on a CPU), auto (cpu on a CPU)
-      dtype="float32"))  # compute dtype: float32, or bfloat16 (mixed precision; params and optimiser stay float32)
+      conv="auto",  # models.CONVS: xla, cpu (models/conv.py), auto (cpu on a CPU backend)
+      dtype="float32"))  # models.DTYPES: bfloat16 is mixed precision (params and optimiser state stay float32)
 
   c.temperature = 0.5
+  # objectives.PECLR_TRANSFORMS and TRANSLATION_NORMS; objectives.RELATIVE_TRANSFORMS.
   c.peclr = ml_collections.ConfigDict(dict(transforms=("translate", "rotate"), translation_norm="reference"))
   c.relative = ml_collections.ConfigDict(dict(transforms=("rotate", "crop", "scale", "color_jitter")))
   # hybrid: a weighted sum; e.g. invariant colour + equivariant geometry (PeCLR) + relative heads.

@@ -1,43 +1,28 @@
-"""Keypoint-regression configs: `--config=configs/probe.py:MODE[,SIZE]`.
+"""Keypoint regression: `--config=probe:MODE[,SIZE]` (peclr-probe, peclr_jax/probe.py).
 
-MODE: linear | mlp | finetune | scratch | label_fraction (see peclr_jax/probe.py). SIZE: full | cpu | tiny, with the
-encoder architecture and data of the same size in configs/pretrain.py, so a pretraining run's encoder fits as is.
+MODE: linear | mlp | finetune | scratch | label_fraction (keypoints.MODES). SIZE: full | cpu | tiny, with the encoder
+architecture and data of the pretraining config of the same size, so a pretraining run's encoder fits as is.
 
-  python -m peclr_jax.pretrain --config=configs/pretrain.py:peclr,cpu --workdir=runs/peclr_cpu
-  python -m peclr_jax.probe --config=configs/probe.py:linear,cpu --config.encoder=runs/peclr_cpu \
-      --workdir=runs/linear_peclr
-  python -m peclr_jax.probe --config=configs/probe.py:linear,cpu --workdir=runs/linear_random   # random init
-  python -m peclr_jax.probe --config=configs/probe.py:scratch,cpu --workdir=runs/scratch
+  peclr-pretrain --config=pretrain:peclr,cpu --workdir=runs/peclr_cpu
+  peclr-probe --config=probe:linear,cpu --config.encoder=runs/peclr_cpu --workdir=runs/linear_peclr
+  peclr-probe --config=probe:linear,cpu --workdir=runs/linear_random      # a frozen random-init encoder
+  peclr-probe --config=probe:scratch,cpu --workdir=runs/scratch           # supervised from scratch
 
-Expected (2 CPU cores, embedded data, evaluation split; see the README's downstream section for the measured table):
-`cpu` runs 1,000 steps of batch 64 at 64 px; linear and MLP probes take about a minute, fine-tuning and scratch a few
-minutes. `full` is the reference's linear-evaluation recipe (ResNet-50, 128 px, batch 128, Adam 5e-4, wd 2e-4,
-cosine over 50 epochs) and needs an accelerator. `tiny` runs a few steps in seconds (tests).
+`cpu` runs 1,000 steps of batch 64 at 64 px (a linear or MLP probe takes a minute or two on 2 cores, fine-tuning and
+scratch a few minutes). `full` is the reference's linear-evaluation recipe (ResNet-50, 128 px, batch 128, Adam 5e-4,
+wd 2e-4, cosine over 50 epochs) and needs an accelerator. `tiny` runs a few steps in seconds (the tests').
 """
-
-import os
 
 import ml_collections
 
 from peclr_jax import augment, configs
-
-MODES = ("linear", "mlp", "finetune", "scratch", "label_fraction")
-
-
-def _pretrain_config(size):
-  """configs/pretrain.py's config of this size (its data and encoder architecture are shared)."""
-  import importlib.util
-
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-  spec = importlib.util.spec_from_file_location("_config_pretrain_for_probe", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"peclr,{size}")
+from peclr_jax.configs import pretrain
+from peclr_jax.keypoints import MODES
 
 
 def get_config(arg="linear"):
   mode, size = configs.split_arg(arg, MODES, "linear", "full", "MODE")
-  base = _pretrain_config(size)
+  base = pretrain.get_config(f"peclr,{size}")  # its data and encoder architecture are shared
   c = ml_collections.ConfigDict()
   c.mode = mode
   c.encoder = ""  # a pretraining workdir (or its encoder/ export); empty = random init
@@ -49,13 +34,13 @@ def get_config(arg="linear"):
   c.model = base.model  # must match the encoder's; checked when it is loaded
 
   c.head = ml_collections.ConfigDict(dict(
-      kind="mlp" if mode == "mlp" else "linear",  # linear: Dense(63); mlp: Dense(hidden) -> BN -> ReLU -> Dense(63)
+      kind="mlp" if mode == "mlp" else "linear",  # keypoints.HEADS; mlp: Dense(hidden) -> BN -> ReLU -> Dense(63)
       hidden=512,
       zero_init=True,  # the linear head starts at the crop centre and z_rel 0 (big_vision's head_zeroinit)
       feature_norm=True))  # affine-free BatchNorm on the features before the head (still linear at test time)
   c.keypoints = ml_collections.ConfigDict(dict(
-      bone="middle",  # middle (FreiHAND's scale bone, 9->10) | index (Iqbal et al., 0->5)
-      root="wrist",  # wrist | palm (midpoint of wrist and middle MCP, the released models')
+      bone="middle",  # geometry.BONES: middle (FreiHAND's scale bone, 9->10), index (Iqbal et al., 0->5)
+      root="wrist",  # geometry.ROOTS: wrist, palm (midpoint of wrist and middle MCP, the released models')
       refine_root=False,  # the root-depth refinement MLP (reference §4.3)
       depth_range=(4.0, 50.0),  # clamp of the closed-form root depth, in bone lengths (the reference's, middle bone)
       w_uv=1.0, w_z=5.0, w_root=1.0))  # loss weights 2D : z_rel : root = 1 : 5 : 1
