@@ -28,10 +28,12 @@ def ours(batch, host, size, reps, ops):
   cfg = augment.default_config()
   cfg.ops, cfg.out_size = tuple(ops), size
   rng = np.random.default_rng(0)
-  b = dict(image=jax.numpy.asarray(rng.integers(0, 255, (batch, host, host, 3), dtype=np.uint8)),
-           uv=jax.numpy.asarray(rng.uniform(0.3 * host, 0.7 * host, (batch, 21, 2)).astype(np.float32)),
-           K=jax.numpy.asarray(np.tile(np.eye(3, dtype=np.float32), (batch, 1, 1))),
-           valid=jax.numpy.ones((batch, 21), bool))
+  b = dict(
+    image=jax.numpy.asarray(rng.integers(0, 255, (batch, host, host, 3), dtype=np.uint8)),
+    uv=jax.numpy.asarray(rng.uniform(0.3 * host, 0.7 * host, (batch, 21, 2)).astype(np.float32)),
+    K=jax.numpy.asarray(np.tile(np.eye(3, dtype=np.float32), (batch, 1, 1))),
+    valid=jax.numpy.ones((batch, 21), bool),
+  )
   f = jax.jit(lambda key, b: [v[0] for v in augment.views(key, b, cfg)])
   jax.block_until_ready(f(jax.random.key(0), b))
 
@@ -111,8 +113,10 @@ def main():
   a, b = best[0], (best[1] if len(best) > 1 else float("nan"))
   device = jax.devices()[0]
   per_core = a / cores if device.platform == "cpu" else a
-  print(f"{args.host} -> {args.size} px, ops {' + '.join(args.ops) or 'none'}, batch {args.batch}; {cores} cores, "
-        f"jax on {device.device_kind}")
+  print(
+    f"{args.host} -> {args.size} px, ops {' + '.join(args.ops) or 'none'}, batch {args.batch}; {cores} cores, "
+    f"jax on {device.device_kind}"
+  )
   print("| pipeline | views/s | views/s per core |")
   print("|---|---|---|")
   print(f"| ours (jit, {cores if device.platform == 'cpu' else device.device_kind}) | {a:.0f} | {per_core:.0f} |")

@@ -53,8 +53,10 @@ def main():
     mu, sd = f_tr.mean(0), f_tr.std(0) + 1e-6
     a = np.c_[(f_tr - mu) / sd, np.ones(len(f_tr))]
     b = np.c_[(f_ev - mu) / sd, np.ones(len(f_ev))]
-    print(f"{wd}: {len(f_tr)} training / {len(f_ev)} evaluation images, {f_tr.shape[1]} features; "
-          f"constant (training mean) {epe(uv_tr.mean(0), uv_ev):.2f} px on evaluation")
+    print(
+      f"{wd}: {len(f_tr)} training / {len(f_ev)} evaluation images, {f_tr.shape[1]} features; "
+      f"constant (training mean) {epe(uv_tr.mean(0), uv_ev):.2f} px on evaluation"
+    )
     for lam in args.lambdas:
       w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ uv_tr)
       print(f"  lambda {lam:g}: 2D EPE training {epe(a @ w, uv_tr):.2f} px, evaluation {epe(b @ w, uv_ev):.2f} px")

@@ -58,16 +58,29 @@ def layers(model, size):
   """(input side, in, out, kernel, stride, count) of the network's convolutions: the stem, then the four stages."""
   s = size // 4
   if model == "resnet18":
-    return [(size, 3, 64, 7, 2, 1), (s, 64, 64, 3, 1, 4), (s, 64, 128, 3, 2, 1), (s, 64, 128, 1, 2, 1),
-            (s // 2, 128, 128, 3, 1, 3), (s // 2, 128, 256, 3, 2, 1), (s // 2, 128, 256, 1, 2, 1),
-            (s // 4, 256, 256, 3, 1, 3), (s // 4, 256, 512, 3, 2, 1), (s // 4, 256, 512, 1, 2, 1),
-            (s // 8, 512, 512, 3, 1, 3)]
+    return [
+      (size, 3, 64, 7, 2, 1),
+      (s, 64, 64, 3, 1, 4),
+      (s, 64, 128, 3, 2, 1),
+      (s, 64, 128, 1, 2, 1),
+      (s // 2, 128, 128, 3, 1, 3),
+      (s // 2, 128, 256, 3, 2, 1),
+      (s // 2, 128, 256, 1, 2, 1),
+      (s // 4, 256, 256, 3, 1, 3),
+      (s // 4, 256, 512, 3, 2, 1),
+      (s // 4, 256, 512, 1, 2, 1),
+      (s // 8, 512, 512, 3, 1, 3),
+    ]
   out = [(size, 3, 64, 7, 2, 1)]  # ResNet-50 v1.5: 1x1 -> 3x3 (strided) -> 1x1, projection shortcut per stage
   cin, side = 64, s
   for i, blocks in enumerate((3, 4, 6, 3)):
-    c, stride = 64 * 2 ** i, 1 if i == 0 else 2
-    out += [(side, cin, c, 1, 1, 1), (side, c, c, 3, stride, 1), (side // stride, c, 4 * c, 1, 1, 1),
-            (side, cin, 4 * c, 1, stride, 1)]  # the first block
+    c, stride = 64 * 2**i, 1 if i == 0 else 2
+    out += [
+      (side, cin, c, 1, 1, 1),
+      (side, c, c, 3, stride, 1),
+      (side // stride, c, 4 * c, 1, 1, 1),
+      (side, cin, 4 * c, 1, stride, 1),
+    ]  # the first block
     side //= stride
     out += [(side, 4 * c, c, 1, 1, blocks - 1), (side, c, c, 3, 1, blocks - 1), (side, c, 4 * c, 1, 1, blocks - 1)]
     cin = 4 * c
@@ -88,8 +101,10 @@ def main():
     except ImportError:
       with_torch = False
   sides = ["xla", "cpu"] + ["PyTorch"] * with_torch
-  print(f"{args.model} convolutions, batch {args.batch}, {args.size} px, {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s); GFLOP/s (ms), {' / '.join(sides)}")
+  print(
+    f"{args.model} convolutions, batch {args.batch}, {args.size} px, {jax.device_count()} "
+    f"{jax.devices()[0].platform} device(s); GFLOP/s (ms), {' / '.join(sides)}"
+  )
   print("| layer | count | forward | input grad | weight grad |")
   print("|---|---|---|---|---|")
   total = np.zeros((3, len(sides)))
@@ -115,8 +130,9 @@ def main():
     print(f"| {h}px {cin}->{cout} {k}x{k}/{s} | {count} | {' | '.join(cells)} |")
   cells = " | ".join(" / ".join(f"{v * 1e3:.0f}" for v in t) + " ms" for t in total)
   print(f"| **network** | | {cells} |")
-  print("sum over forward and both gradients: " + ", ".join(f"{n} {v * 1e3:.0f} ms" for n, v in zip(sides,
-                                                                                                    total.sum(0))))
+  print(
+    "sum over forward and both gradients: " + ", ".join(f"{n} {v * 1e3:.0f} ms" for n, v in zip(sides, total.sum(0)))
+  )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,11 @@ class Views:
     out = []
     for _ in range(2):
       v, angle, shift = augment_bench.cv_view(self.images[i], self.size, self.ops, rng)
-      out += [torch.from_numpy(((v / 255 - 0.5) / 0.25).transpose(2, 0, 1).copy()),
-              torch.tensor(angle, dtype=torch.float32), torch.from_numpy(shift.astype(np.float32))]
+      out += [
+        torch.from_numpy(((v / 255 - 0.5) / 0.25).transpose(2, 0, 1).copy()),
+        torch.tensor(angle, dtype=torch.float32),
+        torch.from_numpy(shift.astype(np.float32)),
+      ]
     return tuple(out)
 
 
@@ -104,10 +107,16 @@ def time_torch(args, data):
   opt = torch.optim.Adam(net.parameters(), lr=1e-4)
   scaler = torch.amp.GradScaler(dev, enabled=amp is torch.float16)
   ops = ("rotate", "crop", "scale", "color_jitter")
-  loader = torch.utils.data.DataLoader(Views(data["image"], args.size, ops), batch_size=args.batch, shuffle=True,
-                                       num_workers=args.workers, pin_memory=dev == "cuda", drop_last=True,
-                                       persistent_workers=args.workers > 0,
-                                       multiprocessing_context="spawn" if args.workers else None)  # no fork of JAX
+  loader = torch.utils.data.DataLoader(
+    Views(data["image"], args.size, ops),
+    batch_size=args.batch,
+    shuffle=True,
+    num_workers=args.workers,
+    pin_memory=dev == "cuda",
+    drop_last=True,
+    persistent_workers=args.workers > 0,
+    multiprocessing_context="spawn" if args.workers else None,
+  )  # no fork of JAX
 
   def step(b):
     x1, a1, t1, x2, a2, t2 = (t.to(dev, non_blocking=True) for t in b)
@@ -148,16 +157,21 @@ def main():
   p.add_argument("--batch", type=int, default=256, help="global batch (both views: 2 x batch images a step)")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--workers", type=int, default=os.cpu_count(), help="PyTorch DataLoader processes")
-  p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                 help="ours: config.model.dtype (float16 runs ours in bfloat16); PyTorch: autocast dtype")
+  p.add_argument(
+    "--dtype",
+    default="bfloat16",
+    choices=["float32", "bfloat16", "float16"],
+    help="ours: config.model.dtype (float16 runs ours in bfloat16); PyTorch: autocast dtype",
+  )
   p.add_argument("--images", type=int, default=1024, help="host crops in the in-memory pool")
   p.add_argument("--no-torch", action="store_true")
   args = p.parse_args()
   ours_dtype = "bfloat16" if args.dtype == "float16" else args.dtype
   data = train_step.host_batch(args.images, int(args.size * 1.25))  # the in-memory pool both sides read
   device = jax.devices()[0]
-  peak = train_step.matmul_peak(dtype=jnp.float32 if ours_dtype == "float32" else jnp.bfloat16,
-                                n=8192 if device.platform == "gpu" else 2048)
+  peak = train_step.matmul_peak(
+    dtype=jnp.float32 if ours_dtype == "float32" else jnp.bfloat16, n=8192 if device.platform == "gpu" else 2048
+  )
   theirs, tdev = (float("nan"), "-")
   if not args.no_torch:
     try:
@@ -165,13 +179,17 @@ def main():
     except ImportError:
       pass
   ours, flops, aug_share = time_ours(args, data, ours_dtype)
-  print(f"{args.model} {args.objective}, {args.size} px, batch {args.batch} x 2 views, {args.dtype}; jax "
-        f"{jax.__version__} on {jax.device_count()} x {device.device_kind}; PyTorch on {tdev} with {args.workers} "
-        f"DataLoader workers; {ours_dtype} matmul peak measured {peak / 1e9:,.0f} GFLOP/s")
+  print(
+    f"{args.model} {args.objective}, {args.size} px, batch {args.batch} x 2 views, {args.dtype}; jax "
+    f"{jax.__version__} on {jax.device_count()} x {device.device_kind}; PyTorch on {tdev} with {args.workers} "
+    f"DataLoader workers; {ours_dtype} matmul peak measured {peak / 1e9:,.0f} GFLOP/s"
+  )
   print("| ours img/s | PyTorch img/s | ratio | GFLOP/img | MFU | augmentation share of our step |")
   print("|---|---|---|---|---|---|")
-  print(f"| {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} | {flops / 1e9:.2f} | {ours * flops / peak:.0%} | "
-        f"{aug_share:.1%} |")
+  print(
+    f"| {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} | {flops / 1e9:.2f} | {ours * flops / peak:.0%} | "
+    f"{aug_share:.1%} |"
+  )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,10 @@ def main():
   args = p.parse_args()
   runs = (("float32", args.seeds[0]), ("bfloat16", args.seeds[0]), ("float32", args.seeds[1]))
   with tempfile.TemporaryDirectory() as tmp:
-    out = {r: curve(args.config, args.steps, r[1], r[0], os.path.join(tmp, "data"), os.path.join(tmp, f"{r[0]}{r[1]}"))
-           for r in runs}
+    out = {
+      r: curve(args.config, args.steps, r[1], r[0], os.path.join(tmp, "data"), os.path.join(tmp, f"{r[0]}{r[1]}"))
+      for r in runs
+    }
   (a, sa), (b, sb), (c, sc) = (out[r] for r in runs)
   print(f"{args.config}, {args.steps} steps; loss every {args.every} steps")
   print("| step | " + " | ".join(f"{d}, seed {s}" for d, s in runs) + " |")
@@ -44,8 +46,10 @@ def main():
     print(f"| {i + 1} | {a[i]:.4f} | {b[i]:.4f} | {c[i]:.4f} |")
   print(f"| images/s | {sa:.0f} | {sb:.0f} | {sc:.0f} |")
   gap, noise = np.abs(b - a).mean(), np.abs(c - a).mean()
-  print(f"mean |bfloat16 - float32| = {gap:.4f}; mean |float32 seed {args.seeds[1]} - seed {args.seeds[0]}| = "
-        f"{noise:.4f} (the noise); within noise: {gap < noise}")
+  print(
+    f"mean |bfloat16 - float32| = {gap:.4f}; mean |float32 seed {args.seeds[1]} - seed {args.seeds[0]}| = "
+    f"{noise:.4f} (the noise); within noise: {gap < noise}"
+  )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def worker(args):
 
   if args.processes > 1:
     from peclr_jax import sharding
+
     sharding.init_distributed("on", args.coordinator, args.processes, args.process_id)
   import numpy as np
   from jax.sharding import NamedSharding
@@ -46,23 +47,51 @@ def worker(args):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)
   if jax.process_index() == 0:
-    print(json.dumps(dict(devices=jax.device_count(), processes=jax.process_count(), flops=flops,
-                          step_s=(time.perf_counter() - t0) / args.steps)), flush=True)
+    print(
+      json.dumps(
+        dict(
+          devices=jax.device_count(),
+          processes=jax.process_count(),
+          flops=flops,
+          step_s=(time.perf_counter() - t0) / args.steps,
+        )
+      ),
+      flush=True,
+    )
 
 
 def run(args, devices, processes):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes}",
-             JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-  base = [sys.executable, os.path.abspath(__file__), "--worker", "--per-device", str(args.per_device), "--model",
-          args.model, "--width", str(args.width), "--size", str(args.size), "--steps", str(args.steps), "--conv",
-          args.conv]
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes}",
+    JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+  )
+  base = [
+    sys.executable,
+    os.path.abspath(__file__),
+    "--worker",
+    "--per-device",
+    str(args.per_device),
+    "--model",
+    args.model,
+    "--width",
+    str(args.width),
+    "--size",
+    str(args.size),
+    "--steps",
+    str(args.steps),
+    "--conv",
+    args.conv,
+  ]
   if processes > 1:
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
     base += ["--processes", str(processes), "--coordinator", f"127.0.0.1:{port}"]
-  procs = [subprocess.Popen([*base, "--process-id", str(i)], env=env, stdout=subprocess.PIPE, text=True)
-           for i in range(processes)]
+  procs = [
+    subprocess.Popen([*base, "--process-id", str(i)], env=env, stdout=subprocess.PIPE, text=True)
+    for i in range(processes)
+  ]
   outs = [p.communicate(timeout=900)[0] for p in procs]
   return json.loads([line for line in outs[0].splitlines() if line.startswith("{")][-1])
 
@@ -83,17 +112,21 @@ def main():
   args = p.parse_args()
   if args.worker:
     return worker(args)
-  print(f"PeCLR step, {args.model} width {args.width}, {args.size} px, conv {args.conv}, {args.per_device} images per "
-        f"device (x 2 views), {os.cpu_count()} cores")
+  print(
+    f"PeCLR step, {args.model} width {args.width}, {args.size} px, conv {args.conv}, {args.per_device} images per "
+    f"device (x 2 views), {os.cpu_count()} cores"
+  )
   print("| devices | processes | global batch | step s | images/s | efficiency | GFLOP/img |")
   print("|---|---|---|---|---|---|---|")
   base = None
   for devices, processes in [*((d, 1) for d in args.devices), (2, 2)]:
     r = run(args, devices, processes)
     base = base or r["step_s"]
-    print(f"| {devices} | {processes} | {args.per_device * devices} | {r['step_s']:.3f} | "
-          f"{2 * args.per_device * devices / r['step_s']:.0f} | {base / r['step_s']:.2f} | {r['flops'] / 1e9:.2f} |",
-          flush=True)
+    print(
+      f"| {devices} | {processes} | {args.per_device * devices} | {r['step_s']:.3f} | "
+      f"{2 * args.per_device * devices / r['step_s']:.0f} | {base / r['step_s']:.2f} | {r['flops'] / 1e9:.2f} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

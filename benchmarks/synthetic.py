@@ -39,8 +39,9 @@ def main():
   p.add_argument("--images", type=int, default=2000)
   p.add_argument("--workers", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
   args = p.parse_args()
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-        f"{platform.python_version()}")
+  print(
+    f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+  )
   print(f"{'workers':>8} {'images':>8} {'seconds':>8} {'images/s':>9}")
   for w in args.workers:
     with tempfile.TemporaryDirectory() as d:

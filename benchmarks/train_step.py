@@ -47,8 +47,9 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
   tx = pretrain.make_optimizer(c, 1000, 100.0)
   mesh = sharding.mesh()
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, size, size, 3)), train=True))(jax.random.key(0))
-  state = loop.TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
-                              tx.init(variables["params"]))
+  state = loop.TrainState(
+    jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], tx.init(variables["params"])
+  )
   step = jax.jit(pretrain.make_train_step(c, model, tx, jax.random.key(1)), donate_argnums=(0,))
   return step, state, sharding.put_batch(host_batch(batch, c.data.host_size), mesh)
 
@@ -56,9 +57,12 @@ def flax_step(model_name, objective, size, batch, conv, width=64, dtype="float32
 def host_batch(n, side, seed=0):
   """n random host crops (uint8, side x side) with keypoints, as the data pipeline hands them to the step."""
   rng = np.random.default_rng(seed)
-  return dict(image=rng.integers(0, 255, (n, side, side, 3), dtype=np.uint8),
-              uv=rng.uniform(0.3 * side, 0.7 * side, (n, 21, 2)).astype(np.float32),
-              K=np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), valid=np.ones((n, 21), bool))
+  return dict(
+    image=rng.integers(0, 255, (n, side, side, 3), dtype=np.uint8),
+    uv=rng.uniform(0.3 * side, 0.7 * side, (n, 21, 2)).astype(np.float32),
+    K=np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+    valid=np.ones((n, 21), bool),
+  )
 
 
 def literal(text):
@@ -77,8 +81,7 @@ def flops_per_image(compiled, images):
 
 
 def time_flax(model_name, objective, size, batch, steps, conv, dtype, config=None, overrides=()):
-  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config,
-                             overrides=overrides)
+  step, state, b = flax_step(model_name, objective, size, batch, conv, dtype=dtype, config=config, overrides=overrides)
   batch = b["image"].shape[0] // jax.process_count()  # this process's share, whatever set it
   t0 = time.perf_counter()
   compiled = step.lower(state, b).compile()
@@ -106,10 +109,18 @@ def torch_model(name, proj_hidden=512, proj_out=128):
 
     def __init__(self, cin, c, stride):
       super().__init__()
-      self.f = nn.Sequential(nn.Conv2d(cin, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                             nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
-      self.skip = (nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
-                   if stride != 1 or cin != c else nn.Identity())
+      self.f = nn.Sequential(
+        nn.Conv2d(cin, c, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(c),
+      )
+      self.skip = (
+        nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+        if stride != 1 or cin != c
+        else nn.Identity()
+      )
 
     def forward(self, x):
       return torch.relu(self.f(x) + self.skip(x))
@@ -119,25 +130,42 @@ def torch_model(name, proj_hidden=512, proj_out=128):
 
     def __init__(self, cin, c, stride):
       super().__init__()
-      self.f = nn.Sequential(nn.Conv2d(cin, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                             nn.Conv2d(c, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                             nn.Conv2d(c, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c))
-      self.skip = (nn.Sequential(nn.Conv2d(cin, 4 * c, 1, stride, bias=False), nn.BatchNorm2d(4 * c))
-                   if stride != 1 or cin != 4 * c else nn.Identity())
+      self.f = nn.Sequential(
+        nn.Conv2d(cin, c, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c, 4 * c, 1, bias=False),
+        nn.BatchNorm2d(4 * c),
+      )
+      self.skip = (
+        nn.Sequential(nn.Conv2d(cin, 4 * c, 1, stride, bias=False), nn.BatchNorm2d(4 * c))
+        if stride != 1 or cin != 4 * c
+        else nn.Identity()
+      )
 
     def forward(self, x):
       return torch.relu(self.f(x) + self.skip(x))
 
   block, depths = {"resnet18": (Basic, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}[name]
-  layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                 nn.MaxPool2d(3, 2, 1)], 64
+  layers, cin = (
+    [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)],
+    64,
+  )
   for i, d in enumerate(depths):
     for j in range(d):
-      layers.append(block(cin, 64 * 2 ** i, 2 if i and not j else 1))
-      cin = 64 * 2 ** i * block.expansion
-  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-             nn.Linear(cin, proj_hidden), nn.BatchNorm1d(proj_hidden), nn.ReLU(inplace=True),
-             nn.Linear(proj_hidden, proj_out)]
+      layers.append(block(cin, 64 * 2**i, 2 if i and not j else 1))
+      cin = 64 * 2**i * block.expansion
+  layers += [
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(cin, proj_hidden),
+    nn.BatchNorm1d(proj_hidden),
+    nn.ReLU(inplace=True),
+    nn.Linear(proj_hidden, proj_out),
+  ]
   return nn.Sequential(*layers)
 
 
@@ -179,8 +207,13 @@ def time_torch(model_name, objective, size, batch, steps, dtype):
     b = x.shape[0]
     angle = (torch.rand(b) * 2 - 1) * math.pi / 4
     scale = 0.8 + 0.2 * torch.rand(b)
-    theta = torch.stack([torch.stack([scale * torch.cos(angle), -scale * torch.sin(angle), 0.1 * torch.rand(b)], 1),
-                         torch.stack([scale * torch.sin(angle), scale * torch.cos(angle), 0.1 * torch.rand(b)], 1)], 1)
+    theta = torch.stack(
+      [
+        torch.stack([scale * torch.cos(angle), -scale * torch.sin(angle), 0.1 * torch.rand(b)], 1),
+        torch.stack([scale * torch.sin(angle), scale * torch.cos(angle), 0.1 * torch.rand(b)], 1),
+      ],
+      1,
+    )
     grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
     v = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     v = v * (0.5 + torch.rand(b, 3, 1, 1))
@@ -213,7 +246,7 @@ def matmul_peak(n=2048, reps=10, dtype=jnp.float32):
   for _ in range(reps):
     r = f(a)
   r.block_until_ready()
-  return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+  return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def main():
@@ -230,8 +263,9 @@ def main():
   p.add_argument("--set", nargs="*", default=[], help="with --config: overrides, e.g. model.name=hourglass")
   args = p.parse_args()
   if args.config:
-    print(f"{args.config} {' '.join(args.set)} on {jax.devices()[0].device_kind}; compile time and the first step "
-          "excluded")
+    print(
+      f"{args.config} {' '.join(args.set)} on {jax.devices()[0].device_kind}; compile time and the first step excluded"
+    )
     print("| conv | dtype | img/s | step (ms) | compile s |")
     print("|---|---|---|---|---|")
     for conv in args.conv:
@@ -241,24 +275,31 @@ def main():
     return
   try:
     import torch
+
     torch_version = None if args.no_torch else torch.__version__
   except ImportError:
     torch_version = None
   peak = matmul_peak()
-  print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
-        f"{jax.devices()[0].device_kind}, torch {torch_version or '-'}; batch {args.batch} x 2 views at "
-        f"{args.size} px; float32 matmul peak measured {peak / 1e9:.0f} GFLOP/s")
+  print(
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
+    f"{jax.devices()[0].device_kind}, torch {torch_version or '-'}; batch {args.batch} x 2 views at "
+    f"{args.size} px; float32 matmul peak measured {peak / 1e9:.0f} GFLOP/s"
+  )
   print("| model | objective | dtype | conv | ours img/s | PyTorch img/s | ratio | GFLOP/img | MFU | compile s |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for name in args.models:
     for objective in args.objectives:
       for dtype in args.dtype:
-        theirs = (time_torch(name, objective, args.size, args.batch, args.steps, dtype) if torch_version else
-                  float("nan"))
+        theirs = (
+          time_torch(name, objective, args.size, args.batch, args.steps, dtype) if torch_version else float("nan")
+        )
         for conv in args.conv:
           ours, flops, compile_s, _ = time_flax(name, objective, args.size, args.batch, args.steps, conv, dtype)
-          print(f"| {name} | {objective} | {dtype} | {conv} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | "
-                f"{flops / 1e9:.2f} | {ours * flops / peak:.0%} | {compile_s:.0f} |", flush=True)
+          print(
+            f"| {name} | {objective} | {dtype} | {conv} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | "
+            f"{flops / 1e9:.2f} | {ours * flops / peak:.0%} | {compile_s:.0f} |",
+            flush=True,
+          )
 
 
 if __name__ == "__main__":

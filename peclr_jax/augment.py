@@ -49,13 +49,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)
 CUT_OUT_JOINTS = 20  # the reference draws the cut-out joint with randint(0, 20): joints 0-19
 # The uniforms each example draws, and how many of each.
-_DRAWS = dict(angle=1, jitter=2, margin=1, color=4, **dict.fromkeys(FLAG_OPS, 1), cut_joint=1, cut_size=1,
-              cut_value=1, blur_sigma=1)
+_DRAWS = dict(
+  angle=1, jitter=2, margin=1, color=4, **dict.fromkeys(FLAG_OPS, 1), cut_joint=1, cut_size=1, cut_value=1, blur_sigma=1
+)
 
 
 def default_config():
   """The reference's augmentation settings (reference §2.1); `ops` picks which are on."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       ops=("rotate", "crop", "scale", "color_jitter"),
       out_size=128,
       rotate_deg=45.0,  # angle ~ U[-rotate_deg, rotate_deg]
@@ -64,33 +66,40 @@ def default_config():
       margin=1.25,  # crop side / (2 r) when "scale" is off
       scale_range=(0.9, 1.5),  # margin ~ U[scale_range] when "scale" is on
       fallback_radius=0.3,  # hand radius / input side for images with < 2 valid keypoints
-      p_sobel=0.5, p_cut_out=0.5, p_blur=0.5, p_noise=0.5, p_color_drop=0.5,
-      hue=(0.01, 1.0), sat=(0.01, 1.0),  # multiplicative factors
-      value_gain=(0.5, 1.0), value_bias=(5.0, 20.0),  # value * gain + bias, on the 0-255 scale
+      p_sobel=0.5,
+      p_cut_out=0.5,
+      p_blur=0.5,
+      p_noise=0.5,
+      p_color_drop=0.5,
+      hue=(0.01, 1.0),
+      sat=(0.01, 1.0),  # multiplicative factors
+      value_gain=(0.5, 1.0),
+      value_bias=(5.0, 20.0),  # value * gain + bias, on the 0-255 scale
       noise_std=25.0,  # on the 0-255 scale
       cut_out_max=0.16,  # cut-out side ~ U[0, cut_out_max] x out_size
       blur_sigma=(0.1, 2.0),  # pixels of the output
-  ))
+    )
+  )
 
 
 # config.augment (the trainers check every value before any work).
 RULES = {
-    "ops": validate.each_of(OPS),
-    "out_size": validate.COUNT,
-    "rotate_deg": validate.number(0, 180),
-    "jitter": validate.PROBABILITY,
-    "jitter_mode": validate.one_of(JITTER_MODES),
-    "margin": validate.POSITIVE,
-    "scale_range": validate.pair(validate.POSITIVE),
-    "fallback_radius": validate.POSITIVE,
-    **{f"p_{op}": validate.PROBABILITY for op in FLAG_OPS},
-    "hue": validate.pair(validate.NON_NEGATIVE),
-    "sat": validate.pair(validate.NON_NEGATIVE),
-    "value_gain": validate.pair(validate.NON_NEGATIVE),
-    "value_bias": validate.pair(validate.number()),
-    "noise_std": validate.NON_NEGATIVE,
-    "cut_out_max": validate.PROBABILITY,
-    "blur_sigma": validate.pair(validate.POSITIVE),
+  "ops": validate.each_of(OPS),
+  "out_size": validate.COUNT,
+  "rotate_deg": validate.number(0, 180),
+  "jitter": validate.PROBABILITY,
+  "jitter_mode": validate.one_of(JITTER_MODES),
+  "margin": validate.POSITIVE,
+  "scale_range": validate.pair(validate.POSITIVE),
+  "fallback_radius": validate.POSITIVE,
+  **{f"p_{op}": validate.PROBABILITY for op in FLAG_OPS},
+  "hue": validate.pair(validate.NON_NEGATIVE),
+  "sat": validate.pair(validate.NON_NEGATIVE),
+  "value_gain": validate.pair(validate.NON_NEGATIVE),
+  "value_bias": validate.pair(validate.number()),
+  "noise_std": validate.NON_NEGATIVE,
+  "cut_out_max": validate.PROBABILITY,
+  "blur_sigma": validate.pair(validate.POSITIVE),
 }
 
 
@@ -132,15 +141,15 @@ def _sample_one(key, cfg):
   lo = 0.0 if cfg.jitter_mode == "reference" else -cfg.jitter
   lo_c, hi_c = zip(cfg.hue, cfg.sat, cfg.value_gain, cfg.value_bias, strict=True)
   p = dict(
-      angle=jnp.deg2rad(between("angle", -cfg.rotate_deg, cfg.rotate_deg)) if "rotate" in on else jnp.zeros((), f32),
-      jitter=between("jitter", lo, cfg.jitter) if "crop" in on else jnp.zeros((2,), f32),
-      margin=between("margin", *cfg.scale_range) if "scale" in on else jnp.asarray(cfg.margin, f32),
-      color=between("color", lo_c, hi_c) if "color_jitter" in on else jnp.array([1.0, 1.0, 1.0, 0.0], f32),
-      cut_joint=jnp.minimum(jnp.floor(u["cut_joint"] * CUT_OUT_JOINTS), CUT_OUT_JOINTS - 1).astype(jnp.int32),
-      cut_size=between("cut_size", 0.0, cfg.cut_out_max),
-      cut_value=jnp.floor(u["cut_value"] * 255),  # 0-254, as the reference's randint(0, 255)
-      blur_sigma=between("blur_sigma", *cfg.blur_sigma),
-      noise_seed=jax.random.bits(k_noise, (), jnp.uint32),  # a seed, not key data: works for any key impl
+    angle=jnp.deg2rad(between("angle", -cfg.rotate_deg, cfg.rotate_deg)) if "rotate" in on else jnp.zeros((), f32),
+    jitter=between("jitter", lo, cfg.jitter) if "crop" in on else jnp.zeros((2,), f32),
+    margin=between("margin", *cfg.scale_range) if "scale" in on else jnp.asarray(cfg.margin, f32),
+    color=between("color", lo_c, hi_c) if "color_jitter" in on else jnp.array([1.0, 1.0, 1.0, 0.0], f32),
+    cut_joint=jnp.minimum(jnp.floor(u["cut_joint"] * CUT_OUT_JOINTS), CUT_OUT_JOINTS - 1).astype(jnp.int32),
+    cut_size=between("cut_size", 0.0, cfg.cut_out_max),
+    cut_value=jnp.floor(u["cut_value"] * 255),  # 0-254, as the reference's randint(0, 255)
+    blur_sigma=between("blur_sigma", *cfg.blur_sigma),
+    noise_seed=jax.random.bits(k_noise, (), jnp.uint32),  # a seed, not key data: works for any key impl
   )
   for op in FLAG_OPS:
     p[op] = (u[op] < cfg[f"p_{op}"]) & (op in on)
@@ -350,8 +359,9 @@ def denormalize(x):
 # ---------------------------------------------------------------------------------------------------------------
 def _apply_one(image, uv, K, valid, p, cfg):
   size = cfg.out_size
-  T, T_inv, c, geo = geometry(uv, valid, image.shape[:2], p["angle"], p["jitter"], p["margin"], size,
-                              cfg.fallback_radius)
+  T, T_inv, c, geo = geometry(
+    uv, valid, image.shape[:2], p["angle"], p["jitter"], p["margin"], size, cfg.fallback_radius
+  )
   x = warp(image, T_inv, size)
   uv = transform_points(T, uv)
   x = appearance(x, uv, valid, transform_points(T, c), p, cfg)

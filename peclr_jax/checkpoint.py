@@ -23,8 +23,7 @@ class Preempted(Exception):
   def __init__(self, signum, step, workdir):
     self.signum, self.step, self.workdir = signum, step, workdir
     at = f"saved a checkpoint at step {step}" if step is not None else "the running runs saved checkpoints"
-    super().__init__(f"{signal.Signals(signum).name} received: {at} in {workdir}; run the same command again to "
-                     f"resume")
+    super().__init__(f"{signal.Signals(signum).name} received: {at} in {workdir}; run the same command again to resume")
 
 
 @contextlib.contextmanager
@@ -74,10 +73,12 @@ class Preemption:
 
 
 def manager(workdir, keep=3, every=None):
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every or 1, create=True,
-                                         cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-                               item_names=("state", "data", "config"))
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, save_interval_steps=every or 1, create=True, cleanup_tmp_directories=True
+  )
+  return ocp.CheckpointManager(
+    os.path.abspath(os.path.join(workdir, "checkpoints")), options=options, item_names=("state", "data", "config")
+  )
 
 
 def latest_step(workdir):

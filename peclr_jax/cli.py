@@ -32,9 +32,14 @@ HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 def config_flag(fv, argv, what):
   """--config: NAME:ARG or PATH[:ARG]; `what` says which ARG, e.g. "pretrain:OBJECTIVE[,SIZE]"."""
-  config_flags.DEFINE_config_file("config", None, f"the config, {what} (peclr_jax/configs/) or a config file's "
-                                  "path; then --config.key=value overrides", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    f"the config, {what} (peclr_jax/configs/) or a config file's path; then --config.key=value overrides",
+    flag_values=fv,
+    lock_config=True,
+    sys_argv=argv,
+  )
 
 
 def workdir_flag(fv, help_text="where checkpoints, metrics.jsonl and TensorBoard logs go"):
@@ -42,10 +47,17 @@ def workdir_flag(fv, help_text="where checkpoints, metrics.jsonl and TensorBoard
 
 
 def distributed_flags(fv):
-  flags.DEFINE_enum("distributed", "auto", sharding.MODES, "start jax.distributed: auto = when a multi-process "
-                    "launcher is detected (JAX_COORDINATOR_ADDRESS, srun with several tasks, a TPU pod)", flag_values=fv)
-  flags.DEFINE_string("coordinator", None, "host:port of process 0 (default: detected, or JAX_COORDINATOR_ADDRESS)",
-                      flag_values=fv)
+  flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    sharding.MODES,
+    "start jax.distributed: auto = when a multi-process "
+    "launcher is detected (JAX_COORDINATOR_ADDRESS, srun with several tasks, a TPU pod)",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "coordinator", None, "host:port of process 0 (default: detected, or JAX_COORDINATOR_ADDRESS)", flag_values=fv
+  )
   flags.DEFINE_integer("num_processes", None, "number of processes (default: detected)", flag_values=fv)
   flags.DEFINE_integer("process_id", None, "this process's index (default: detected)", flag_values=fv)
 
@@ -94,8 +106,9 @@ def usage(fv):
     for flag in sorted(defined, key=lambda f: f.name) if module != "absl.flags" else ():
       shown = (flag.default_as_str or str(flag.default)).strip("'")
       default = "" if flag.default is None else f" (default: {shown})"
-      lines.append(textwrap.fill(f"--{flag.name}: {flag.help}{default}", 116, initial_indent="  ",
-                                 subsequent_indent="      "))
+      lines.append(
+        textwrap.fill(f"--{flag.name}: {flag.help}{default}", 116, initial_indent="  ", subsequent_indent="      ")
+      )
   return "\n".join(lines)
 
 

@@ -49,8 +49,14 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
     # The bone's metric length: FreiHAND's `scale` when it is the middle bone and known, else the ground truth's.
     given = (batch["scale"] > 0) & (kp.bone == "middle")
     s = jnp.where(given, batch["scale"], keypoints.targets(batch["xyz"], K, kp)["s"])
-    return dict(uv=pred["uv"], z_rel=pred["z_rel"], xyz=keypoints.reconstruct(pred, K, s, kp), gt_uv=uv, K=K,
-                crop=augment.denormalize(x))
+    return dict(
+      uv=pred["uv"],
+      z_rel=pred["z_rel"],
+      xyz=keypoints.reconstruct(pred, K, s, kp),
+      gt_uv=uv,
+      K=K,
+      crop=augment.denormalize(x),
+    )
 
   keys = ("index", "has_xyz", "valid", "scale")
   out = {k: [] for k in ("uv", "z_rel", "xyz", "gt_uv", "gt_xyz", "K", "crop", *keys)}
@@ -62,9 +68,11 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
         break
       known = ((batch["scale"] > 0) & (kp.bone == "middle")) | batch["has_xyz"]
       if not known.all():
-        raise TrainingError(f"split {split!r}: sample {int(batch['index'][~known][0])} has neither 3-D labels nor a "
-                            f"`scale` for the {kp.bone} bone, so its metric 3-D is unknown (FreiHAND's scale files "
-                            "give the middle bone)")
+        raise TrainingError(
+          f"split {split!r}: sample {int(batch['index'][~known][0])} has neither 3-D labels nor a "
+          f"`scale` for the {kp.bone} bone, so its metric 3-D is unknown (FreiHAND's scale files "
+          "give the middle bone)"
+        )
       r = jax.device_get(run({k: batch[k] for k in ("image", "uv", "K", "valid", "xyz", "scale")}))
       if n >= crops:
         r["crop"] = r["crop"][:0]
@@ -76,8 +84,15 @@ def predict_split(config, variables, split="evaluation", limit=None, batch_size=
   return {k: np.concatenate(v)[:limit] for k, v in out.items()}
 
 
-def evaluate(workdir: str, split: str = "evaluation", limit: int | None = None, progress: bool = True,
-             step: int | None = None, data_root: str | None = None, tag: str | None = None) -> dict:
+def evaluate(
+  workdir: str,
+  split: str = "evaluation",
+  limit: int | None = None,
+  progress: bool = True,
+  step: int | None = None,
+  data_root: str | None = None,
+  tag: str | None = None,
+) -> dict:
   """Scores a probe workdir on `split`; writes the report files and returns dict(metrics, paths, n).
 
   `data_root` evaluates on another FreiHAND-layout set instead of the run's own (e.g. the target domain of a
@@ -92,14 +107,22 @@ def evaluate(workdir: str, split: str = "evaluation", limit: int | None = None, 
   p = predict_split(config, variables, split, limit, progress=progress)
   labelled = p["has_xyz"].astype(bool)
   paths = {}
-  result = dict(split=split, data=os.path.abspath(config.data.root), workdir=os.path.abspath(workdir),
-                images=int(len(p["index"])),
-                labelled=int(labelled.sum()), mode=config.mode, encoder=config.encoder or None,
-                protocol=dict(crop=f"ground-truth keypoints, margin {config.augment.margin:.2f}, "
-                                   f"{config.augment.out_size} px",
-                              bone=config.keypoints.bone, root=config.keypoints.root,
-                              refine_root=bool(config.keypoints.refine_root),
-                              scale="FreiHAND scale file" if config.keypoints.bone == "middle" else "ground truth"))
+  result = dict(
+    split=split,
+    data=os.path.abspath(config.data.root),
+    workdir=os.path.abspath(workdir),
+    images=int(len(p["index"])),
+    labelled=int(labelled.sum()),
+    mode=config.mode,
+    encoder=config.encoder or None,
+    protocol=dict(
+      crop=f"ground-truth keypoints, margin {config.augment.margin:.2f}, {config.augment.out_size} px",
+      bone=config.keypoints.bone,
+      root=config.keypoints.root,
+      refine_root=bool(config.keypoints.refine_root),
+      scale="FreiHAND scale file" if config.keypoints.bone == "middle" else "ground truth",
+    ),
+  )
   if labelled.any():
     valid = p["valid"][labelled]
     gt = p["gt_xyz"][labelled]
@@ -114,10 +137,18 @@ def evaluate(workdir: str, split: str = "evaluation", limit: int | None = None, 
     anchor = training_mean_pose(config)
     if anchor is not None:
       const = np.broadcast_to(anchor, gt.shape)
-      result["mean_pose_baseline"].update(pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
-                                          pa_auc=metrics.auc(const, gt, aligned=True, valid=valid))
-    paths["pck"] = report.pck(p["xyz"][labelled], gt, valid, os.path.join(workdir, f"pck_{split_name}.png"), m,
-                              None if anchor is None else const)
+      result["mean_pose_baseline"].update(
+        pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
+        pa_auc=metrics.auc(const, gt, aligned=True, valid=valid),
+      )
+    paths["pck"] = report.pck(
+      p["xyz"][labelled],
+      gt,
+      valid,
+      os.path.join(workdir, f"pck_{split_name}.png"),
+      m,
+      None if anchor is None else const,
+    )
   paths["skeletons"] = report.skeleton_grid(p, os.path.join(workdir, f"skeletons_{split_name}.png"))
   paths.update(write_submission(p["xyz"], workdir, split_name))
   base = os.path.join(workdir, f"eval_{split_name}")
@@ -156,10 +187,10 @@ def _flags(fv, argv):
   flags.DEFINE_enum("split", "evaluation", SPLITS, "the split to score", flag_values=fv)
   flags.DEFINE_integer("limit", None, "evaluate the first N images only", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv)
-  flags.DEFINE_string("data_root", None, "evaluate on this FreiHAND-layout set instead of the run's own",
-                      flag_values=fv)
-  flags.DEFINE_string("tag", None, "names the report files with --data_root (default: the root's name)",
-                      flag_values=fv)
+  flags.DEFINE_string(
+    "data_root", None, "evaluate on this FreiHAND-layout set instead of the run's own", flag_values=fv
+  )
+  flags.DEFINE_string("tag", None, "names the report files with --data_root (default: the root's name)", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> None:

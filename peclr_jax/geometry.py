@@ -100,6 +100,7 @@ class RootRefiner(nn.Module):
   Input: 21 z_rel, 42 normalised xy and the detached Ẑ clamped to [4, 50]; output: that Ẑ plus the MLP's residual.
   `zero_init` zeroes the last layer so training starts from the closed form.
   """
+
   hidden: int = 128
   zero_init: bool = False
   bn_momentum: float = 0.9
@@ -110,8 +111,9 @@ class RootRefiner(nn.Module):
     xy = normalise(uv, K)
     z0 = jnp.clip(jax.lax.stop_gradient(root_depth(uv, z_rel, K, bone, eps)[0]), *DEPTH_RANGE)
     x = jnp.concatenate([jnp.asarray(z_rel), xy.reshape(*xy.shape[:-2], -1), z0[..., None]], -1)
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps,
-                                   name=name)
+    bn = lambda name: nn.BatchNorm(
+      use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, name=name
+    )
     x = nn.leaky_relu(bn("bn1")(nn.Dense(self.hidden, name="fc1")(x)))
     x = nn.leaky_relu(bn("bn2")(nn.Dense(self.hidden, name="fc2")(x)))
     init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init

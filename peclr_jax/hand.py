@@ -23,16 +23,14 @@ def finger_joints(finger: int) -> tuple[int, int, int, int]:
 
 
 # (parent, child) pairs: wrist to each finger base, then along each finger.
-BONES = tuple((0, 1 + 4 * f) for f in range(5)) + tuple(
-    (j, j + 1) for f in range(5) for j in finger_joints(f)[:-1])
+BONES = tuple((0, 1 + 4 * f) for f in range(5)) + tuple((j, j + 1) for f in range(5) for j in finger_joints(f)[:-1])
 PARENTS = np.array([-1] + [p for p, _ in sorted(BONES, key=lambda b: b[1])], np.int32)
 
 # Gather arrays: x_freihand = x_other[IDX].
 FREIHAND_FROM_AIT = np.array([0, 1, 6, 11, 16, 2, 7, 12, 17, 3, 8, 13, 18, 4, 9, 14, 19, 5, 10, 15, 20])
 AIT_FROM_FREIHAND = np.array([0, 1, 5, 9, 13, 17, 2, 6, 10, 14, 18, 3, 7, 11, 15, 19, 4, 8, 12, 16, 20])
 # InterHand2.6M: 42 joints, right hand 0-20, left 21-41; tip first per finger, wrist 20 / 41.
-FREIHAND_FROM_INTERHAND_RIGHT = np.array(
-    [20, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 19, 18, 17, 16])
+FREIHAND_FROM_INTERHAND_RIGHT = np.array([20, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 19, 18, 17, 16])
 FREIHAND_FROM_INTERHAND_LEFT = FREIHAND_FROM_INTERHAND_RIGHT + 21
 FREIHAND_FROM_RHD = np.array([0, 4, 3, 2, 1, 8, 7, 6, 5, 12, 11, 10, 9, 16, 15, 14, 13, 20, 19, 18, 17])
 

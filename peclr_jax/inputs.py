@@ -1,7 +1,7 @@
 """A config's input: the data source `config.data` names, its batches, and the run length in steps.
 
-  src = inputs.source(config.data, "training")   # the embedded set is rendered first when missing
-  it = iter(inputs.dataset(config, src))         # batches of config.batch_size host crops
+src = inputs.source(config.data, "training")   # the embedded set is rendered first when missing
+it = iter(inputs.dataset(config, src))         # batches of config.batch_size host crops
 """
 
 import math
@@ -16,26 +16,27 @@ SOURCES = ("synthetic", "freihand", "interhand", "folder")
 
 # config.data, as the pretraining and probe configs share it.
 RULES = {
-    "name": validate.one_of(SOURCES),
-    "root": validate.TEXT,
-    "synthetic_train": validate.COUNT,
-    "synthetic_eval": validate.integer(0),
-    "synthetic_seed": validate.integer(),
-    "val_fraction": validate.number(0, 1, hi_open=True),
-    "mix_roots": validate.PATHS,
-    "host_size": validate.COUNT,
-    "host_margin": validate.POSITIVE,
-    "workers": validate.integer(0),
-    "threads": validate.COUNT,
-    "skip_corrupt": validate.BOOL,
+  "name": validate.one_of(SOURCES),
+  "root": validate.TEXT,
+  "synthetic_train": validate.COUNT,
+  "synthetic_eval": validate.integer(0),
+  "synthetic_seed": validate.integer(),
+  "val_fraction": validate.number(0, 1, hi_open=True),
+  "mix_roots": validate.PATHS,
+  "host_size": validate.COUNT,
+  "host_margin": validate.POSITIVE,
+  "workers": validate.integer(0),
+  "threads": validate.COUNT,
+  "skip_corrupt": validate.BOOL,
 }
 
 
 def source(data, split: str = "training"):
   """The source named by config.data (the embedded set is rendered first when missing)."""
   if data.name == "synthetic":
-    synthetic.generate(data.root, data.synthetic_train, data.synthetic_eval, data.synthetic_seed,
-                       progress=jax.process_index() == 0)
+    synthetic.generate(
+      data.root, data.synthetic_train, data.synthetic_eval, data.synthetic_seed, progress=jax.process_index() == 0
+    )
     data = dict(data, name="freihand")
   if data["name"] == "freihand":
     src = freihand.FreiHand(data["root"], split)
@@ -63,15 +64,27 @@ def source(data, split: str = "training"):
 def dataset(config, src, shuffle=True, num_epochs=None, batch_size=None, drop_remainder=True):
   """Batches of `src` (config.batch_size by default) as config.data and config.seed set them."""
   d = config.data
-  return pipeline.dataset(src, batch_size or config.batch_size, size=d.host_size, margin=d.host_margin,
-                          seed=config.seed, shuffle=shuffle, num_epochs=num_epochs, workers=d.workers,
-                          threads=d.threads, skip_corrupt=d.skip_corrupt, drop_remainder=drop_remainder)
+  return pipeline.dataset(
+    src,
+    batch_size or config.batch_size,
+    size=d.host_size,
+    margin=d.host_margin,
+    seed=config.seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    workers=d.workers,
+    threads=d.threads,
+    skip_corrupt=d.skip_corrupt,
+    drop_remainder=drop_remainder,
+  )
 
 
 def check_duration(config):
   if config.total_steps <= 0 and config.num_epochs <= 0:
-    raise ConfigError(f"config.total_steps={config.total_steps} and config.num_epochs={config.num_epochs}: expected "
-                      "total_steps > 0 or num_epochs > 0")
+    raise ConfigError(
+      f"config.total_steps={config.total_steps} and config.num_epochs={config.num_epochs}: expected "
+      "total_steps > 0 or num_epochs > 0"
+    )
 
 
 def total_steps(config, n_records):

@@ -24,16 +24,20 @@ FROZEN = ("linear", "mlp")  # the modes that keep the encoder frozen
 HEADS = ("linear", "mlp", "direct")  # direct: the encoder's own 2.5-D output (the hourglass)
 
 # config.head and config.keypoints.
-HEAD_RULES = {"kind": validate.one_of(HEADS), "hidden": validate.COUNT, "zero_init": validate.BOOL,
-              "feature_norm": validate.BOOL}
+HEAD_RULES = {
+  "kind": validate.one_of(HEADS),
+  "hidden": validate.COUNT,
+  "zero_init": validate.BOOL,
+  "feature_norm": validate.BOOL,
+}
 KEYPOINT_RULES = {
-    "bone": validate.one_of(geometry.BONES),
-    "root": validate.one_of(geometry.ROOTS),
-    "refine_root": validate.BOOL,
-    "depth_range": validate.pair(validate.POSITIVE),
-    "w_uv": validate.NON_NEGATIVE,
-    "w_z": validate.NON_NEGATIVE,
-    "w_root": validate.NON_NEGATIVE,
+  "bone": validate.one_of(geometry.BONES),
+  "root": validate.one_of(geometry.ROOTS),
+  "refine_root": validate.BOOL,
+  "depth_range": validate.pair(validate.POSITIVE),
+  "w_uv": validate.NON_NEGATIVE,
+  "w_z": validate.NON_NEGATIVE,
+  "w_root": validate.NON_NEGATIVE,
 }
 
 
@@ -58,8 +62,9 @@ class Regressor(nn.Module):
         raise ValueError(f"head.kind='direct' needs an encoder with 63 outputs (hourglass); {m.name} has {h.shape[-1]}")
       out = vector_to_pose(h)
     elif self.head.feature_norm:  # affine-free BN: still a linear probe, but conditioned (MAE's linear probe)
-      h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False, momentum=0.9, epsilon=1e-6,
-                       name="feature_norm")(h)
+      h = nn.BatchNorm(
+        use_running_average=not train, use_scale=False, use_bias=False, momentum=0.9, epsilon=1e-6, name="feature_norm"
+      )(h)
     if self.head.kind == "linear":
       init = nn.initializers.zeros if self.head.get("zero_init", False) else nn.linear.default_kernel_init
       out = nn.Dense(63, kernel_init=init, name="head")(h).reshape(-1, 21, 3)
@@ -126,8 +131,9 @@ def reconstruct(pred, K, scale, kp):
   """
   z_root = pred.get("z_root")
   if z_root is None:
-    z_root = jnp.clip(geometry.root_depth(pred["uv"], pred["z_rel"], K, kp.bone)[0],
-                      *kp.get("depth_range", geometry.DEPTH_RANGE))
+    z_root = jnp.clip(
+      geometry.root_depth(pred["uv"], pred["z_rel"], K, kp.bone)[0], *kp.get("depth_range", geometry.DEPTH_RANGE)
+    )
   return geometry.from_25d(pred["uv"], pred["z_rel"], K, kp.bone, kp.root, scale=scale, z_root=z_root)
 
 

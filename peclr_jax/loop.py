@@ -94,8 +94,10 @@ def finite(m, step, ckpts):
   m = jax.device_get(m)
   bad = [k for k, v in m.items() if not np.isfinite(v)]
   if bad:
-    raise TrainingError(f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
-                        f"Last good checkpoint: {ckpts.kept()}")
+    raise TrainingError(
+      f"non-finite {', '.join(bad)} at step {step} (loss={m['loss']}); stopped without saving. "
+      f"Last good checkpoint: {ckpts.kept()}"
+    )
   return m
 
 
@@ -108,8 +110,23 @@ def save_now(ckpts, step, m, state):
   return f"last checkpoint: step {ckpts.saved}" if ckpts.saved > 0 else "no checkpoint yet"
 
 
-def run(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, *, keys, stop_at=None, desc="", progress=True,
-        views=1, postfix=()):
+def run(
+  step_fn,
+  state,
+  data_iter,
+  config,
+  mesh,
+  mngr,
+  workdir,
+  steps,
+  *,
+  keys,
+  stop_at=None,
+  desc="",
+  progress=True,
+  views=1,
+  postfix=(),
+):
   """Steps from state.step + 1 to `steps` (or `stop_at`); returns (state, logged rows).
 
   `keys` are the batch entries the step takes; images_per_s counts `views` images per example; `postfix` maps
@@ -119,8 +136,9 @@ def run(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, *, keys, 
   last = steps if stop_at is None else min(steps, stop_at)
   writer = log.Writer(workdir)
   ckpts = Checkpoints(mngr, workdir, state, data_iter, config)
-  bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or jax.process_index() != 0,
-             dynamic_ncols=True)
+  bar = tqdm(
+    total=steps, initial=start, desc=desc, disable=not progress or jax.process_index() != 0, dynamic_ncols=True
+  )
   rows, m, skipped = [], None, 0
   t_log, n_log = time.perf_counter(), 0
   try:
@@ -130,10 +148,13 @@ def run(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, *, keys, 
           record = next(data_iter)
         except DataError as e:  # the iterator still points at this batch, so a resume retries it
           # A save needs every process, and the others are not stopping: with several, the last one is kept.
-          kept = save_now(ckpts, step - 1, m, state) if jax.process_count() == 1 else \
-              f"last checkpoint: step {ckpts.saved}"
-          raise TrainingError(f"{e} (batch of step {step}); {kept}. Fix or remove the file, or set "
-                              f"--config.data.skip_corrupt=True, and run again to resume") from None
+          kept = (
+            save_now(ckpts, step - 1, m, state) if jax.process_count() == 1 else f"last checkpoint: step {ckpts.saved}"
+          )
+          raise TrainingError(
+            f"{e} (batch of step {step}); {kept}. Fix or remove the file, or set "
+            f"--config.data.skip_corrupt=True, and run again to resume"
+          ) from None
         skipped += int(np.sum(record.get("skipped", 0)))
         state, m = step_fn(state, sharding.put_batch({k: v for k, v in record.items() if k in keys}, mesh))
         n_log += config.batch_size

@@ -38,11 +38,15 @@ def summarize(root, split="training"):
     u = np.floor(uv[i][inside[i]]).astype(int)
     on_mask.append((m[u[:, 1], u[:, 0]] > 127).mean())
   return dict(
-      split=split, ids=int(src.n_ids), versions=int(src.n_versions), images=len(src),
-      centroid_depth_m=[round(float(x), 3) for x in np.percentile(xyz[..., 2].mean(-1), [0, 50, 100])],
-      scale_bone_mm=[round(float(x) * 1000, 1) for x in np.percentile(src.scale, [0, 50, 100])],
-      joints_in_image=round(float(inside.mean()), 4),
-      in_image_joints_on_mask=round(float(np.mean(on_mask)), 4))
+    split=split,
+    ids=int(src.n_ids),
+    versions=int(src.n_versions),
+    images=len(src),
+    centroid_depth_m=[round(float(x), 3) for x in np.percentile(xyz[..., 2].mean(-1), [0, 50, 100])],
+    scale_bone_mm=[round(float(x) * 1000, 1) for x in np.percentile(src.scale, [0, 50, 100])],
+    joints_in_image=round(float(inside.mean()), 4),
+    in_image_joints_on_mask=round(float(np.mean(on_mask)), 4),
+  )
 
 
 def _flags(fv, argv):
@@ -54,8 +58,9 @@ def _flags(fv, argv):
   flags.DEFINE_integer("seed", 0, "the embedded set's seed", flag_values=fv)
   flags.DEFINE_enum("objective", "peclr", OBJECTIVES, "the pretraining objective", flag_values=fv)
   flags.DEFINE_integer("steps", None, "pretraining steps (default: the cpu config's)", lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("probe_steps", None, "linear-probe steps (default: the cpu config's)", lower_bound=1,
-                       flag_values=fv)
+  flags.DEFINE_integer(
+    "probe_steps", None, "linear-probe steps (default: the cpu config's)", lower_bound=1, flag_values=fv
+  )
   flags.DEFINE_bool("skip_pretrain", False, "only render and check the data", flag_values=fv)
 
 
@@ -76,11 +81,12 @@ def main(argv: list[str] | None = None) -> None:
   src = freihand.FreiHand(args.data, "training")
   records = [pipeline.decode(src[i]) for i in range(16)]
   report.contact_sheet([r["image"] for r in records], [common.project(r["xyz"], r["K"]) for r in records]).save(
-      os.path.join(args.workdir, "contact_sheet.png"))
-  batch = next(iter(pipeline.dataset(src, 16, size=128, shuffle=False, num_epochs=1, process_index=0,
-                                     process_count=1)))
+    os.path.join(args.workdir, "contact_sheet.png")
+  )
+  batch = next(iter(pipeline.dataset(src, 16, size=128, shuffle=False, num_epochs=1, process_index=0, process_count=1)))
   report.contact_sheet(batch["image"], common.project(batch["xyz"], batch["K"])).save(
-      os.path.join(args.workdir, "crops.png"))
+    os.path.join(args.workdir, "crops.png")
+  )
   with open(os.path.join(args.workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"wrote {args.workdir}/contact_sheet.png, crops.png, summary.json ({time.perf_counter() - t0:.1f} s)")
@@ -98,10 +104,15 @@ def pretrain_and_compare(args, t0):
   t = time.perf_counter()
   pre_dir = os.path.join(args.workdir, "pretrain")
   r = pretrain.train(config, pre_dir)
-  results = {"pretrain": dict(
-      objective=args.objective, steps=int(r.state.step), seconds=round(time.perf_counter() - t, 1),
+  results = {
+    "pretrain": dict(
+      objective=args.objective,
+      steps=int(r.state.step),
+      seconds=round(time.perf_counter() - t, 1),
       online_probe_eval_px=round(pretrain.evaluate_probe(config, r.state), 2),
-      curve=[(m["step"], m["loss"], m["lr"], m["probe_epe_px"]) for m in r.metrics])}
+      curve=[(m["step"], m["loss"], m["lr"], m["probe_epe_px"]) for m in r.metrics],
+    )
+  }
 
   # The downstream protocol: a linear layer on the frozen encoder regresses 2.5-D keypoints; 3-D by the quadratic.
   rows = []
@@ -114,8 +125,9 @@ def pretrain_and_compare(args, t0):
     t = time.perf_counter()
     _, reports = probe.run(c, os.path.join(args.workdir, f"linear_{name}"))
     m = reports["evaluation"]["metrics"]
-    rows.append(dict(encoder=name, probe_seconds=round(time.perf_counter() - t, 1),
-                     **{k: m[k] for k in report.TABLE_KEYS}))
+    rows.append(
+      dict(encoder=name, probe_seconds=round(time.perf_counter() - t, 1), **{k: m[k] for k in report.TABLE_KEYS})
+    )
   results["linear"] = rows
   report.curves(results["pretrain"], os.path.join(args.workdir, "curves.png"))
   report.write_table(rows, os.path.join(args.workdir, "linear"), "Linear probe on the frozen encoder, evaluation split")
@@ -123,18 +135,25 @@ def pretrain_and_compare(args, t0):
     json.dump(results, f)
   a, b = rows
   pre = results["pretrain"]
-  print(f"\n{args.objective} pretraining: {pre['steps']} steps in {pre['seconds']:.0f} s; online probe "
-        f"{pre['online_probe_eval_px']:.2f} px on the evaluation split")
-  print(f"linear probe (probe:linear,cpu) on the frozen encoder, evaluation split "
-        f"({config.augment.out_size} px crops):")
+  print(
+    f"\n{args.objective} pretraining: {pre['steps']} steps in {pre['seconds']:.0f} s; online probe "
+    f"{pre['online_probe_eval_px']:.2f} px on the evaluation split"
+  )
+  print(
+    f"linear probe (probe:linear,cpu) on the frozen encoder, evaluation split ({config.augment.out_size} px crops):"
+  )
   print(f"  {'encoder':>12} | 2D EPE px | PA-EPE mm | PA-AUC | 3D EPE mm")
   for row in rows:
-    print(f"  {row['encoder']:>12} | {row['epe_2d_px']:9.2f} | {row['pa_epe_mm']:9.2f} | {row['pa_auc']:6.3f} | "
-          f"{row['epe_mm']:9.1f}")
+    print(
+      f"  {row['encoder']:>12} | {row['epe_2d_px']:9.2f} | {row['pa_epe_mm']:9.2f} | {row['pa_auc']:6.3f} | "
+      f"{row['epe_mm']:9.1f}"
+    )
   change = 100 * (a["epe_2d_px"] / b["epe_2d_px"] - 1)
   pa_change = 100 * (a["pa_epe_mm"] / b["pa_epe_mm"] - 1)
-  print(f"  {args.objective}'s errors relative to random init's: 2D {change:+.1f} %, PA-EPE {pa_change:+.1f} %; "
-        f"{args.workdir}/linear.md, curves.png; total {time.perf_counter() - t0:.0f} s")
+  print(
+    f"  {args.objective}'s errors relative to random init's: 2D {change:+.1f} %, PA-EPE {pa_change:+.1f} %; "
+    f"{args.workdir}/linear.md, curves.png; total {time.perf_counter() - t0:.0f} s"
+  )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _align_umeyama(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
   sv = np.ones_like(d)
   sv[:, -1] = sgn
   r = (u * sv[:, None, :]) @ vt
-  var = (x ** 2).sum((1, 2)) / n
+  var = (x**2).sum((1, 2)) / n
   # A constant prediction has zero variance; its best scale is 0 (aligned = GT centroid), as in the FreiHAND variant.
   c = np.where(var > 0, (d * sv).sum(-1) / np.where(var > 0, var, 1.0), 0.0)[:, None, None]
   return c * (x @ np.swapaxes(r, 1, 2)) + mu_y
@@ -112,7 +112,7 @@ def median_epe(pred, gt, valid=None, aligned: bool = False, method: str = "freih
 def rr_epe(pred, gt, valid=None, root: int = 0) -> float:
   """Mean per-joint error after subtracting each pose's `root` joint (root-relative MPJPE); the root scores 0."""
   pred, gt = _f64(pred), _f64(gt)
-  return epe(pred - pred[:, root:root + 1], gt - gt[:, root:root + 1], valid)
+  return epe(pred - pred[:, root : root + 1], gt - gt[:, root : root + 1], valid)
 
 
 def mean_pose(xyz, iters: int = 5) -> np.ndarray:
@@ -134,8 +134,16 @@ def epe_2d(pred_uv, gt_uv, valid=None) -> float:
   return epe(pred_uv, gt_uv, valid)
 
 
-def pck_curve(pred, gt, lo: float = 0.0, hi: float = 0.05, steps: int = 100, aligned: bool = False,
-              method: str = "freihand", valid=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pck_curve(
+  pred,
+  gt,
+  lo: float = 0.0,
+  hi: float = 0.05,
+  steps: int = 100,
+  aligned: bool = False,
+  method: str = "freihand",
+  valid=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """PCK with `distance <= t` (FreiHAND's `_get_pck`) over `linspace(lo, hi, steps)` (metres).
 
   Returns (thresholds [T], mean over joints [T], per-joint curves [K, T]).
@@ -146,8 +154,16 @@ def pck_curve(pred, gt, lo: float = 0.0, hi: float = 0.05, steps: int = 100, ali
   return t, np.nanmean(per_joint, 0), per_joint
 
 
-def auc(pred, gt, lo: float = 0.0, hi: float = 0.05, steps: int = 100, aligned: bool = False,
-        method: str = "freihand", valid=None) -> float:
+def auc(
+  pred,
+  gt,
+  lo: float = 0.0,
+  hi: float = 0.05,
+  steps: int = 100,
+  aligned: bool = False,
+  method: str = "freihand",
+  valid=None,
+) -> float:
   """Mean over joints of trapezoid(PCK_j, t) / (hi - lo), the toolbox's normalisation by trapezoid(1, t)."""
   t, _, pj = pck_curve(pred, gt, lo, hi, steps, aligned, method, valid)
   return float(np.nanmean(np.trapezoid(pj, t, axis=-1) / (hi - lo)))
@@ -157,15 +173,15 @@ def summary(pred, gt, pred_uv=None, gt_uv=None, valid=None) -> dict:
   """All keypoint metrics in one dict (keys documented in the module docstring); 3-D inputs in metres."""
   mm = 1000.0
   out = {
-      "epe_mm": epe(pred, gt, valid) * mm,
-      "pa_epe_mm": pa_epe(pred, gt, "freihand", valid) * mm,
-      "auc": auc(pred, gt, valid=valid),
-      "pa_auc": auc(pred, gt, aligned=True, valid=valid),
-      "median_mm": median_epe(pred, gt, valid) * mm,
-      "pa_median_mm": median_epe(pred, gt, valid, aligned=True) * mm,
-      "per_joint_epe_mm": (per_joint_epe(pred, gt, valid) * mm).tolist(),
-      "pa_epe_umeyama_mm": pa_epe(pred, gt, "umeyama", valid) * mm,
-      "rr_epe_mm": rr_epe(pred, gt, valid) * mm,
+    "epe_mm": epe(pred, gt, valid) * mm,
+    "pa_epe_mm": pa_epe(pred, gt, "freihand", valid) * mm,
+    "auc": auc(pred, gt, valid=valid),
+    "pa_auc": auc(pred, gt, aligned=True, valid=valid),
+    "median_mm": median_epe(pred, gt, valid) * mm,
+    "pa_median_mm": median_epe(pred, gt, valid, aligned=True) * mm,
+    "per_joint_epe_mm": (per_joint_epe(pred, gt, valid) * mm).tolist(),
+    "pa_epe_umeyama_mm": pa_epe(pred, gt, "umeyama", valid) * mm,
+    "rr_epe_mm": rr_epe(pred, gt, valid) * mm,
   }
   if pred_uv is not None and gt_uv is not None:
     out["epe_2d_px"] = epe_2d(pred_uv, gt_uv, valid)

@@ -68,6 +68,7 @@ def wrap_angle(a):
 # ---------------------------------------------------------------------------------------------------------------------
 # NT-Xent
 
+
 def _nt_xent(z1, z2, temperature):
   b = z1.shape[0]
   z = l2_normalize(jnp.concatenate([z1, z2]))
@@ -97,6 +98,7 @@ def nt_xent(z1, z2, temperature=0.5, groups=1):
 # ---------------------------------------------------------------------------------------------------------------------
 # PeCLR
 
+
 def _undo_points(p, angle, jitter, side, margin, transforms, translation_norm, out_size, reference_margin):
   """Undoes one view's geometry on a point cloud p [N, 2] (already normalised): un-shift, then un-scale/un-rotate.
 
@@ -121,8 +123,17 @@ def _undo_points(p, angle, jitter, side, margin, transforms, translation_norm, o
   return p
 
 
-def peclr_undo(z, angle, jitter_px, side, margin, transforms=("translate", "rotate"), translation_norm="reference",
-               out_size=128, reference_margin=REFERENCE_MARGIN):
+def peclr_undo(
+  z,
+  angle,
+  jitter_px,
+  side,
+  margin,
+  transforms=("translate", "rotate"),
+  translation_norm="reference",
+  out_size=128,
+  reference_margin=REFERENCE_MARGIN,
+):
   """Inverts one view's geometric augmentation in latent space (PeCLR, reference §1.2); z [B, D] -> [B, D].
 
   z is L2-normalised, read as D/2 points (z[2i], z[2i+1]), then (in this order) for each name in `transforms`:
@@ -140,10 +151,18 @@ def peclr_undo(z, angle, jitter_px, side, margin, transforms=("translate", "rota
   b, d = z.shape
   if d % 2:
     raise ValueError(f"latent size must be even, got {d}")
-  need = {"angle": "rotate" in transforms, "jitter_px": "translate" in transforms,
-          "side": "translate" in transforms and translation_norm == "crop", "margin": "scale" in transforms}
-  args = {"angle": (angle, (b,), 0.0), "jitter_px": (jitter_px, (b, 2), 0.0), "side": (side, (b,), 1.0),
-          "margin": (margin, (b,), reference_margin)}
+  need = {
+    "angle": "rotate" in transforms,
+    "jitter_px": "translate" in transforms,
+    "side": "translate" in transforms and translation_norm == "crop",
+    "margin": "scale" in transforms,
+  }
+  args = {
+    "angle": (angle, (b,), 0.0),
+    "jitter_px": (jitter_px, (b, 2), 0.0),
+    "side": (side, (b,), 1.0),
+    "margin": (margin, (b,), reference_margin),
+  }
   vals = []
   for k, (v, shape, default) in args.items():
     if v is None and need[k]:
@@ -158,16 +177,36 @@ def peclr_undo(z, angle, jitter_px, side, margin, transforms=("translate", "rota
   return jax.vmap(one)(z, *vals)
 
 
-def peclr_loss(z1, z2, geo1, geo2, temperature=0.5, transforms=("translate", "rotate"), translation_norm="reference",
-               out_size=128, reference_margin=REFERENCE_MARGIN, groups=1):
+def peclr_loss(
+  z1,
+  z2,
+  geo1,
+  geo2,
+  temperature=0.5,
+  transforms=("translate", "rotate"),
+  translation_norm="reference",
+  out_size=128,
+  reference_margin=REFERENCE_MARGIN,
+  groups=1,
+):
   """NT-Xent of the two views after `peclr_undo`; geo1, geo2 are the views' geo dicts (keys as in the module doc)."""
-  undo = lambda z, g: peclr_undo(z, g.get("angle"), g.get("jitter_px"), g.get("side"), g.get("margin"), transforms,
-                                 translation_norm, out_size, reference_margin)
+  undo = lambda z, g: peclr_undo(
+    z,
+    g.get("angle"),
+    g.get("jitter_px"),
+    g.get("side"),
+    g.get("margin"),
+    transforms,
+    translation_norm,
+    out_size,
+    reference_margin,
+  )
   return nt_xent(undo(z1, geo1), undo(z2, geo2), temperature, groups)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Relative (transformation regression) and mixing
+
 
 def _get(p: Mapping, key: str):
   """p[key], also looking one level down (a view's {"geo": ..., "params": ...} or a geo dict holding "params")."""

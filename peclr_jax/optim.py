@@ -94,16 +94,22 @@ def lars_wrap(learning_rate, weight_decay=1e-6, trust_coefficient=0.02, eps=1e-8
 def lars_adam(learning_rate, weight_decay=1e-6, trust_coefficient=0.02, eps=1e-8, mask=decay_mask):
   """The reference's optimiser: `LARSWrapper(Adam(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd), eta=0.02)`."""
   return optax.chain(
-      lars_wrap(learning_rate, weight_decay, trust_coefficient, eps, mask),
-      optax.scale_by_adam(0.9, 0.999, 1e-8),
-      optax.scale_by_learning_rate(learning_rate),
+    lars_wrap(learning_rate, weight_decay, trust_coefficient, eps, mask),
+    optax.scale_by_adam(0.9, 0.999, 1e-8),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def _base(name, lr, wd, momentum, trust):
   if name == "lars":
-    return optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_coefficient=trust or 1e-3,
-                      trust_ratio_mask=decay_mask, momentum=momentum)
+    return optax.lars(
+      lr,
+      weight_decay=wd,
+      weight_decay_mask=decay_mask,
+      trust_coefficient=trust or 1e-3,
+      trust_ratio_mask=decay_mask,
+      momentum=momentum,
+    )
   if name == "lars_adam":
     return lars_adam(lr, wd, trust or 0.02)
   if name == "adam":
@@ -133,8 +139,13 @@ def make(cfg, total_steps, steps_per_epoch=None):
   sched = schedule(cfg.base_lr, cfg.batch_size * accum, total_steps, int(warmup), cfg.get("lr_rule", "sqrt"))
   # Only the LR is injected (a partial keeps the masks, callables, from being taken for schedules); the rest is read
   # now, so later edits of `cfg` cannot change the optimiser.
-  base = functools.partial(_base, cfg.optimizer, wd=cfg.get("weight_decay", 0.0), momentum=cfg.get("momentum", 0.9),
-                           trust=cfg.get("trust_coefficient"))
+  base = functools.partial(
+    _base,
+    cfg.optimizer,
+    wd=cfg.get("weight_decay", 0.0),
+    momentum=cfg.get("momentum", 0.9),
+    trust=cfg.get("trust_coefficient"),
+  )
   tx = optax.inject_hyperparams(lambda learning_rate: base(learning_rate))(learning_rate=sched)
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
@@ -152,15 +163,15 @@ def current_lr(opt_state):
 
 # config.optim of pretraining (batch_size is set from the trainer's).
 RULES = {
-    "optimizer": validate.one_of(OPTIMIZERS),
-    "base_lr": validate.NON_NEGATIVE,
-    "lr_rule": validate.one_of(LR_RULES),
-    "accum_steps": validate.COUNT,
-    "weight_decay": validate.NON_NEGATIVE,
-    "warmup_epochs": validate.NON_NEGATIVE,
-    "warmup_steps": validate.optional(validate.integer(0)),
-    "momentum": validate.number(0, 1, hi_open=True),
-    "trust_coefficient": validate.optional(validate.POSITIVE),
+  "optimizer": validate.one_of(OPTIMIZERS),
+  "base_lr": validate.NON_NEGATIVE,
+  "lr_rule": validate.one_of(LR_RULES),
+  "accum_steps": validate.COUNT,
+  "weight_decay": validate.NON_NEGATIVE,
+  "warmup_epochs": validate.NON_NEGATIVE,
+  "warmup_steps": validate.optional(validate.integer(0)),
+  "momentum": validate.number(0, 1, hi_open=True),
+  "trust_coefficient": validate.optional(validate.POSITIVE),
 }
 
 
@@ -170,7 +181,8 @@ def default_config():
   Warm-up 10 epochs, cosine to 0, 100 epochs in all (the epoch count lives with the trainer). ≈86 optimiser steps per
   epoch on FreiHAND + YT3D, so `make(cfg, 8656, 86)` reproduces the reference's ≈865 warm-up and ≈8,656 total steps.
   """
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       optimizer="lars_adam",  # lars | lars_adam | adam | sgd
       base_lr=1e-4,
       lr_rule="sqrt",  # peak = base·√(batch_size·accum_steps) = 4.525e-3
@@ -181,4 +193,5 @@ def default_config():
       warmup_steps=ml_collections.config_dict.placeholder(int),  # overrides warmup_epochs when set
       momentum=0.9,  # lars and sgd only
       trust_coefficient=ml_collections.config_dict.placeholder(float),  # None: 0.02 for lars_adam, 1e-3 for lars
-  ))
+    )
+  )

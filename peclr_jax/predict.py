@@ -82,8 +82,14 @@ def load_crop(path, size, flip=False):
   return np.asarray(crop), T, (w, h)
 
 
-def predict(workdir: str, paths: list[str], K: np.ndarray | None = None, bone_length: float | None = None,
-            flip: bool = False, batch_size: int = 32) -> list[dict]:
+def predict(
+  workdir: str,
+  paths: list[str],
+  K: np.ndarray | None = None,
+  bone_length: float | None = None,
+  flip: bool = False,
+  batch_size: int = 32,
+) -> list[dict]:
   """[dict(image, uv (image px), z_rel, xyz, K)] for each image path."""
   config, variables = keypoints.restore(workdir)
   fn = keypoints.predictor(config, variables)
@@ -96,7 +102,7 @@ def predict(workdir: str, paths: list[str], K: np.ndarray | None = None, bone_le
   bone_length = 1.0 if bone_length is None else float(bone_length)
   results = []
   for i in range(0, len(paths), batch_size):
-    chunk = [load_crop(p, size, flip) for p in paths[i:i + batch_size]]
+    chunk = [load_crop(p, size, flip) for p in paths[i : i + batch_size]]
     Ks = [default_K(*wh) if K is None else K for _, _, wh in chunk]
     # A mirrored image is seen by the mirrored camera: cx -> w - cx (and X -> -X below).
     Kn = [_mirror_K(k, wh[0]) if flip else k for k, (_, _, wh) in zip(Ks, chunk)]
@@ -111,9 +117,17 @@ def predict(workdir: str, paths: list[str], K: np.ndarray | None = None, bone_le
       if flip:  # back to the original image: u -> w - u, X -> -X
         uv[:, 0] = chunk[j][2][0] - uv[:, 0]
         p3[:, 0] = -p3[:, 0]
-      results.append(dict(image=paths[i + j], uv=uv.tolist(), z_rel=np.asarray(pred["z_rel"][j]).tolist(),
-                          xyz=p3.tolist(), K=np.asarray(Ks[j]).tolist(), bone_length=bone_length,
-                          flipped=bool(flip)))
+      results.append(
+        dict(
+          image=paths[i + j],
+          uv=uv.tolist(),
+          z_rel=np.asarray(pred["z_rel"][j]).tolist(),
+          xyz=p3.tolist(),
+          K=np.asarray(Ks[j]).tolist(),
+          bone_length=bone_length,
+          flipped=bool(flip),
+        )
+      )
   return results
 
 
@@ -123,8 +137,13 @@ def _flags(fv, argv):
   flags.DEFINE_string("images", None, "folder of hand-crop images", flag_values=fv)
   flags.DEFINE_string("out", None, "output folder for JSON and overlay PNGs", flag_values=fv)
   flags.DEFINE_string("K", None, "fx,fy,cx,cy in image pixels (default: FreiHAND's, scaled)", flag_values=fv)
-  flags.DEFINE_float("bone_length", None, "reference bone length in metres (default: the training labels' median)",
-                     lower_bound=0.0, flag_values=fv)
+  flags.DEFINE_float(
+    "bone_length",
+    None,
+    "reference bone length in metres (default: the training labels' median)",
+    lower_bound=0.0,
+    flag_values=fv,
+  )
   flags.DEFINE_bool("flip", False, "mirror images first (left hands)", flag_values=fv)
 
 
@@ -141,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
       json.dump(r, f, indent=1)
     with Image.open(r["image"]) as im:
       hand.draw_skeleton(im.convert("RGB"), r["uv"], width=max(1, max(im.size) // 112)).save(
-          os.path.join(args.out, stem + ".png"))
+        os.path.join(args.out, stem + ".png")
+      )
   with open(os.path.join(args.out, "keypoints.json"), "w") as f:
     json.dump(results, f)
   print(f"wrote {len(results)} predictions (JSON + overlay PNG each) and keypoints.json to {args.out}")

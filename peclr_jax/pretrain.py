@@ -45,8 +45,9 @@ class Pretrainer(nn.Module):
     if self.objective != "relative":
       self.proj = heads.ProjectionHead(hidden=m.proj_hidden, out=m.proj_out, dtype=dtype)
     self.rel = {name: heads.RelativeHead(out=k, hidden=m.rel_hidden, dtype=dtype) for name, k in self.relative_dims}
-    self.log_sigma = {name: self.param(f"log_sigma_{name}", nn.initializers.zeros, ()) for name, _ in
-                      self.relative_dims}
+    self.log_sigma = {
+      name: self.param(f"log_sigma_{name}", nn.initializers.zeros, ()) for name, _ in self.relative_dims
+    }
     self.probe = heads.LinearProbe(out=42)  # stop-gradient inside: trains only itself
 
   def __call__(self, x, train=True):
@@ -93,16 +94,18 @@ def make_train_step(config, model, tx, base_key):
     uv = jnp.concatenate([uv1, uv2])
 
     def loss_fn(params):
-      out, new = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                             mutable=["batch_stats"])
+      out, new = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+      )
       m, total = {}, 0.0
       if config.objective != "relative":
         z1, z2 = jnp.split(out["z"].astype(jnp.float32), 2)
         if config.objective == "simclr":
           m["nt_xent"] = objectives.nt_xent(z1, z2, config.temperature)
         else:
-          m["peclr"] = objectives.peclr_loss(z1, z2, g1, g2, config.temperature, config.peclr.transforms,
-                                             config.peclr.translation_norm, size)
+          m["peclr"] = objectives.peclr_loss(
+            z1, z2, g1, g2, config.temperature, config.peclr.transforms, config.peclr.translation_norm, size
+          )
         total += config.weights.contrastive * sum(m.values())
       if "rel" in out:
         targets = objectives.relative_targets({**p1, **g1}, {**p2, **g2}, config.relative.transforms)
@@ -142,7 +145,8 @@ def make_optimizer(config, steps, steps_per_epoch, freeze_encoder=False):
   if freeze_encoder:  # the random-init baseline: only the probe learns
     main = optax.set_to_zero()
   label = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: "probe" if path[0].key == "probe" else "main", params)
+    lambda path, _: "probe" if path[0].key == "probe" else "main", params
+  )
   return optax.multi_transform({"main": main, "probe": optax.adam(config.probe_lr)}, label)
 
 
@@ -150,25 +154,25 @@ def make_optimizer(config, steps, steps_per_epoch, freeze_encoder=False):
 # The trainer.
 # ---------------------------------------------------------------------------------------------------------------
 RULES = {
-    "objective": validate.one_of(objectives.OBJECTIVES),
-    "seed": validate.integer(),
-    **validate.under("data", inputs.RULES),
-    **validate.under("augment", augment.RULES),
-    **validate.under("model", models.RULES),
-    "temperature": validate.POSITIVE,
-    "peclr.transforms": validate.each_of(objectives.PECLR_TRANSFORMS),
-    "peclr.translation_norm": validate.one_of(objectives.TRANSLATION_NORMS),
-    "relative.transforms": validate.each_of(objectives.RELATIVE_TRANSFORMS),
-    "weights.contrastive": validate.NON_NEGATIVE,
-    "weights.relative": validate.NON_NEGATIVE,
-    **validate.under("optim", optim.RULES),
-    "batch_size": validate.COUNT,
-    "num_epochs": validate.number(),
-    "total_steps": validate.integer(),
-    "probe_lr": validate.NON_NEGATIVE,
-    "log_every": validate.COUNT,
-    "ckpt_every": validate.COUNT,
-    "keep_ckpts": validate.COUNT,
+  "objective": validate.one_of(objectives.OBJECTIVES),
+  "seed": validate.integer(),
+  **validate.under("data", inputs.RULES),
+  **validate.under("augment", augment.RULES),
+  **validate.under("model", models.RULES),
+  "temperature": validate.POSITIVE,
+  "peclr.transforms": validate.each_of(objectives.PECLR_TRANSFORMS),
+  "peclr.translation_norm": validate.one_of(objectives.TRANSLATION_NORMS),
+  "relative.transforms": validate.each_of(objectives.RELATIVE_TRANSFORMS),
+  "weights.contrastive": validate.NON_NEGATIVE,
+  "weights.relative": validate.NON_NEGATIVE,
+  **validate.under("optim", optim.RULES),
+  "batch_size": validate.COUNT,
+  "num_epochs": validate.number(),
+  "total_steps": validate.integer(),
+  "probe_lr": validate.NON_NEGATIVE,
+  "log_every": validate.COUNT,
+  "ckpt_every": validate.COUNT,
+  "keep_ckpts": validate.COUNT,
 }
 
 
@@ -177,11 +181,14 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   validate.check(config, RULES)
   inputs.check_duration(config)
   if config.objective in ("peclr", "hybrid") and config.model.proj_out % 2:
-    raise ConfigError(f"config.model.proj_out={config.model.proj_out}: expected an even size (PeCLR reads the "
-                      "projection as 2-D points)")
+    raise ConfigError(
+      f"config.model.proj_out={config.model.proj_out}: expected an even size (PeCLR reads the projection as 2-D points)"
+    )
   if config.objective in ("relative", "hybrid") and not config.relative.transforms:
-    raise ConfigError(f"config.relative.transforms=(): expected at least one of "
-                      f"{', '.join(objectives.RELATIVE_TRANSFORMS)} for objective {config.objective}")
+    raise ConfigError(
+      f"config.relative.transforms=(): expected at least one of "
+      f"{', '.join(objectives.RELATIVE_TRANSFORMS)} for objective {config.objective}"
+    )
   sharding.check_batch_size(config.batch_size, mesh)
 
 
@@ -192,8 +199,14 @@ class Result:
   workdir: str
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, freeze_encoder: bool = False, progress: bool = True,
-          devices=None, stop_at: int | None = None) -> Result:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  freeze_encoder: bool = False,
+  progress: bool = True,
+  devices=None,
+  stop_at: int | None = None,
+) -> Result:
   """Runs (or resumes) pretraining in `workdir`; returns the final state and the logged metrics.
 
   `freeze_encoder` trains only the online probe (the random-init baseline); `devices` defaults to all;
@@ -228,29 +241,48 @@ def train(config: ml_collections.ConfigDict, workdir: str, freeze_encoder: bool 
 
   # Resume from the workdir's latest checkpoint (state and data position).
   mngr = checkpoint.manager(workdir, keep=config.keep_ckpts)
-  _, restored = checkpoint.restore(mngr, jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding), data_iter)
+  _, restored = checkpoint.restore(
+    mngr,
+    jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding),
+    data_iter,
+  )
   if restored is not None:
     state = restored
   start = int(state.step)
   if start and jax.process_index() == 0:
     print(f"resumed from the checkpoint of step {start} in {workdir}", flush=True)
 
-  step_fn = jax.jit(make_train_step(config, model, tx, base_key), donate_argnums=(0,),
-                    out_shardings=(state_sharding, repl))
+  step_fn = jax.jit(
+    make_train_step(config, model, tx, base_key), donate_argnums=(0,), out_shardings=(state_sharding, repl)
+  )
   desc = "random-init encoder, probe only" if freeze_encoder else f"pretrain {config.objective}"
-  state, rows = loop.run(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, keys=DEVICE_KEYS,
-                         stop_at=stop_at, desc=desc, progress=progress, views=2,
-                         postfix=dict(loss=".3f", probe_epe_px=".2f"))
+  state, rows = loop.run(
+    step_fn,
+    state,
+    data_iter,
+    config,
+    mesh,
+    mngr,
+    workdir,
+    steps,
+    keys=DEVICE_KEYS,
+    stop_at=stop_at,
+    desc=desc,
+    progress=progress,
+    views=2,
+    postfix=dict(loss=".3f", probe_epe_px=".2f"),
+  )
   if int(state.step) == steps and steps > start:  # every process takes part in the (process-0) write
     variables = jax.device_get({k: getattr(state, k)["encoder"] for k in ("params", "batch_stats")})
-    checkpoint.export_encoder(os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"],
-                              config.model.to_dict())
+    checkpoint.export_encoder(
+      os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"], config.model.to_dict()
+    )
   return Result(state, rows, workdir)
 
 
-def evaluate_probe(config: ml_collections.ConfigDict, state: loop.TrainState, split: str = "evaluation",
-                   limit: int | None = None) -> float:
+def evaluate_probe(
+  config: ml_collections.ConfigDict, state: loop.TrainState, split: str = "evaluation", limit: int | None = None
+) -> float:
   """2D error (px of the crop) of the online probe on a split: no augmentation, BatchNorm in inference mode."""
   src = inputs.source(config.data, split)
   aug = config.augment.copy_and_resolve_references()
@@ -289,8 +321,10 @@ def main(argv: list[str] | None = None) -> None:
   if jax.process_index() != 0:
     return
   last = result.metrics[-1] if result.metrics else {}
-  print(f"done: step {int(result.state.step)}, loss {last.get('loss', float('nan')):.4f}, online probe 2D error "
-        f"{last.get('probe_epe_px', float('nan')):.2f} px; checkpoints in {result.workdir}/checkpoints")
+  print(
+    f"done: step {int(result.state.step)}, loss {last.get('loss', float('nan')):.4f}, online probe 2D error "
+    f"{last.get('probe_epe_px', float('nan')):.2f} px; checkpoints in {result.workdir}/checkpoints"
+  )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,16 @@ DEVICE_KEYS = ("image", "uv", "K", "valid", "xyz", "has_xyz")
 def make_optimizer(config, steps, params):
   """Adam + coupled L2 on kernels (torch's weight_decay), cosine to 0 (optional warm-up); frozen encoders get none."""
   o = config.optim
-  sched = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, max(steps, o.warmup_steps + 1)) \
-      if o.warmup_steps > 0 else optax.cosine_decay_schedule(o.lr, max(steps, 1))
-  tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=optim.decay_mask),
-                   optax.scale_by_adam(), optax.scale_by_learning_rate(sched))
+  sched = (
+    optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, max(steps, o.warmup_steps + 1))
+    if o.warmup_steps > 0
+    else optax.cosine_decay_schedule(o.lr, max(steps, 1))
+  )
+  tx = optax.chain(
+    optax.add_decayed_weights(o.weight_decay, mask=optim.decay_mask),
+    optax.scale_by_adam(),
+    optax.scale_by_learning_rate(sched),
+  )
   frozen = config.mode in keypoints.FROZEN
   labels = {k: ("frozen" if frozen and k == "encoder" else "train") for k in params}
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels), sched
@@ -75,13 +81,23 @@ def make_train_step(config, model, tx, sched, base_key):
     tgt = keypoints.targets(batch["xyz"], K, kp)
 
     def loss_fn(params):
-      pred, new = model.apply({"params": params, "batch_stats": state.batch_stats}, x, K, train=True,
-                              mutable=["batch_stats", "intermediates"])
+      pred, new = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, x, K, train=True, mutable=["batch_stats", "intermediates"]
+      )
       loss, m = keypoints.loss(pred, uv, tgt, batch["valid"], batch["has_xyz"], kp)
       stacks = new.get("intermediates", {}).get("encoder", {}).get("stacks", ())
       if config.head.kind == "direct" and len(stacks) > 1:  # the hourglass: supervise every stack (Newell)
-        inter = [keypoints.loss(keypoints.decode(keypoints.vector_to_pose(h), x.shape[1], kp.root), uv, tgt,
-                                batch["valid"], batch["has_xyz"], kp)[0] for h in stacks[:-1]]
+        inter = [
+          keypoints.loss(
+            keypoints.decode(keypoints.vector_to_pose(h), x.shape[1], kp.root),
+            uv,
+            tgt,
+            batch["valid"],
+            batch["has_xyz"],
+            kp,
+          )[0]
+          for h in stacks[:-1]
+        ]
         m["intermediate_loss"] = sum(inter) / len(inter)
         loss = loss + sum(inter)
       xyz = keypoints.reconstruct(pred, K, tgt["s"], kp)
@@ -128,10 +144,10 @@ def label_subset(src, fraction, seed=0):
     return src
   if isinstance(src, freihand.FreiHand):
     ids = src.ids[np.random.default_rng(seed).permutation(len(src.ids))]
-    keep = np.sort(ids[:max(1, math.ceil(fraction * len(ids)))])
+    keep = np.sort(ids[: max(1, math.ceil(fraction * len(ids)))])
     return freihand.FreiHand(src.root, src.split, ids=keep, versions=src.versions)
   n = len(src)
-  return Subset(src, np.sort(np.random.default_rng(seed).permutation(n)[:max(1, math.ceil(fraction * n))]))
+  return Subset(src, np.sort(np.random.default_rng(seed).permutation(n)[: max(1, math.ceil(fraction * n))]))
 
 
 def train_source(config):
@@ -149,20 +165,25 @@ def encoder_dir(path):
   for d in (os.path.join(path, "encoder"), path):
     if os.path.isfile(os.path.join(d, "model.json")):
       return d
-  raise TrainingError(f"config.encoder={path!r}: no exported encoder (expected {os.path.join(path, 'encoder')}/"
-                      "model.json, which pretraining writes when it finishes)")
+  raise TrainingError(
+    f"config.encoder={path!r}: no exported encoder (expected {os.path.join(path, 'encoder')}/"
+    "model.json, which pretraining writes when it finishes)"
+  )
 
 
 def load_encoder(path, config, abstract):
   """The exported encoder's (params, batch_stats), checked against config.model and the shapes in `abstract`."""
   d = encoder_dir(path)
   variables, arch = checkpoint.load_encoder(d)
-  diff = [f"{k}: encoder {arch.get(k)!r} vs config {config.model[k]!r}" for k in ARCH_KEYS
-          if arch.get(k) != config.model[k]]
+  diff = [
+    f"{k}: encoder {arch.get(k)!r} vs config {config.model[k]!r}" for k in ARCH_KEYS if arch.get(k) != config.model[k]
+  ]
   if diff:
     fix = " ".join(f"--config.model.{k}={arch.get(k)}" for k in ARCH_KEYS if arch.get(k) != config.model[k])
-    raise TrainingError(f"encoder {d} does not match config.model ({'; '.join(diff)}); pass {fix} or use the "
-                        "probe config of the pretraining size")
+    raise TrainingError(
+      f"encoder {d} does not match config.model ({'; '.join(diff)}); pass {fix} or use the "
+      "probe config of the pretraining size"
+    )
   for col in ("params", "batch_stats"):
     want = jax.tree_util.tree_flatten_with_path(abstract[col]["encoder"])[0]
     have = dict(jax.tree_util.tree_flatten_with_path(variables[col])[0])
@@ -170,8 +191,10 @@ def load_encoder(path, config, abstract):
       got = have.get(path_)
       if got is None or tuple(got.shape) != tuple(leaf.shape):
         name = "/".join(str(getattr(p, "key", p)) for p in path_)
-        raise TrainingError(f"encoder {d}: {col}/{name} is {None if got is None else tuple(got.shape)}, the model "
-                            f"expects {tuple(leaf.shape)}")
+        raise TrainingError(
+          f"encoder {d}: {col}/{name} is {None if got is None else tuple(got.shape)}, the model "
+          f"expects {tuple(leaf.shape)}"
+        )
   return variables["params"], variables["batch_stats"]
 
 
@@ -180,26 +203,26 @@ def load_encoder(path, config, abstract):
 # ---------------------------------------------------------------------------------------------------------------
 FRACTION = validate.number(0, 1, lo_open=True)
 RULES = {
-    "mode": validate.one_of(keypoints.MODES),
-    "encoder": validate.TEXT,
-    "seed": validate.integer(),
-    **validate.under("data", inputs.RULES),
-    "data.label_fraction": FRACTION,
-    "label_fractions": validate.each(FRACTION),
-    **validate.under("model", models.RULES),
-    **validate.under("head", keypoints.HEAD_RULES),
-    **validate.under("keypoints", keypoints.KEYPOINT_RULES),
-    **validate.under("augment", augment.RULES),
-    "optim.lr": validate.NON_NEGATIVE,
-    "optim.weight_decay": validate.NON_NEGATIVE,
-    "optim.warmup_steps": validate.integer(0),
-    "batch_size": validate.COUNT,
-    "num_epochs": validate.number(),
-    "total_steps": validate.integer(),
-    "random_init_bn_steps": validate.integer(0),
-    "log_every": validate.COUNT,
-    "ckpt_every": validate.COUNT,
-    "keep_ckpts": validate.COUNT,
+  "mode": validate.one_of(keypoints.MODES),
+  "encoder": validate.TEXT,
+  "seed": validate.integer(),
+  **validate.under("data", inputs.RULES),
+  "data.label_fraction": FRACTION,
+  "label_fractions": validate.each(FRACTION),
+  **validate.under("model", models.RULES),
+  **validate.under("head", keypoints.HEAD_RULES),
+  **validate.under("keypoints", keypoints.KEYPOINT_RULES),
+  **validate.under("augment", augment.RULES),
+  "optim.lr": validate.NON_NEGATIVE,
+  "optim.weight_decay": validate.NON_NEGATIVE,
+  "optim.warmup_steps": validate.integer(0),
+  "batch_size": validate.COUNT,
+  "num_epochs": validate.number(),
+  "total_steps": validate.integer(),
+  "random_init_bn_steps": validate.integer(0),
+  "log_every": validate.COUNT,
+  "ckpt_every": validate.COUNT,
+  "keep_ckpts": validate.COUNT,
 }
 
 
@@ -210,11 +233,14 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   if config.mode == "finetune" and not config.encoder:
     raise ConfigError("config.mode='finetune' needs --config.encoder=PRETRAIN_WORKDIR (random init is mode scratch)")
   if config.mode == "scratch" and config.encoder:
-    raise ConfigError(f"config.mode='scratch' trains from random init; drop --config.encoder={config.encoder!r} or "
-                      "use finetune")
+    raise ConfigError(
+      f"config.mode='scratch' trains from random init; drop --config.encoder={config.encoder!r} or use finetune"
+    )
   if config.head.kind == "direct" and config.model.name != "hourglass":
-    raise ConfigError(f"config.head.kind='direct' trains the encoder's own 2.5-D output: expected "
-                      f"config.model.name='hourglass', not {config.model.name!r}")
+    raise ConfigError(
+      f"config.head.kind='direct' trains the encoder's own 2.5-D output: expected "
+      f"config.model.name='hourglass', not {config.model.name!r}"
+    )
   sharding.check_batch_size(config.batch_size, mesh)
 
 
@@ -227,8 +253,9 @@ def calibrate_bn(model, state, config, src, steps):
   @jax.jit
   def update(batch_stats, batch, i):
     x, _, K, _, _ = augment.augment(jax.random.fold_in(key, i), batch, config.augment)
-    _, new = calib.apply({"params": state.params, "batch_stats": batch_stats}, x, K, train=True,
-                         mutable=["batch_stats"])
+    _, new = calib.apply(
+      {"params": state.params, "batch_stats": batch_stats}, x, K, train=True, mutable=["batch_stats"]
+    )
     return new["batch_stats"]
 
   stats = state.batch_stats
@@ -244,8 +271,9 @@ class Result:
   workdir: str
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True, devices=None,
-          stop_at: int | None = None) -> Result:
+def train(
+  config: ml_collections.ConfigDict, workdir: str, progress: bool = True, devices=None, stop_at: int | None = None
+) -> Result:
   """Runs (or resumes) one keypoint-regression run in `workdir`; returns the final state and logged metrics."""
   mesh = sharding.mesh(devices)
   check_config(config, mesh)
@@ -274,27 +302,46 @@ def train(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
   state_sharding = jax.tree.map(lambda _: repl, abstract)
 
   mngr = checkpoint.manager(workdir, keep=config.keep_ckpts)
-  _, restored = checkpoint.restore(mngr, jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding), data_iter)
+  _, restored = checkpoint.restore(
+    mngr,
+    jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding),
+    data_iter,
+  )
   if restored is not None:
     state = restored
   else:
     state = jax.jit(init, out_shardings=state_sharding)(init_key)
     if config.encoder:
       params, stats = load_encoder(config.encoder, config, abstract_vars)
-      state = state.replace(params={**state.params, "encoder": params},
-                            batch_stats={**state.batch_stats, "encoder": stats})
+      state = state.replace(
+        params={**state.params, "encoder": params}, batch_stats={**state.batch_stats, "encoder": stats}
+      )
       state = jax.device_put(state, state_sharding)
     elif model.frozen and config.random_init_bn_steps > 0:
       state = calibrate_bn(model, state, config, src, config.random_init_bn_steps)
     write_info(workdir, config, src)
 
-  step_fn = jax.jit(make_train_step(config, model, tx, sched, jax.random.key(config.seed)), donate_argnums=(0,),
-                    out_shardings=(state_sharding, repl))
+  step_fn = jax.jit(
+    make_train_step(config, model, tx, sched, jax.random.key(config.seed)),
+    donate_argnums=(0,),
+    out_shardings=(state_sharding, repl),
+  )
   init_name = "random init" if not config.encoder else os.path.basename(os.path.normpath(config.encoder))
-  state, rows = loop.run(step_fn, state, data_iter, config, mesh, mngr, workdir, steps, keys=DEVICE_KEYS,
-                         stop_at=stop_at, desc=f"{config.mode} ({init_name})", progress=progress,
-                         postfix=dict(loss=".3f", epe_2d_px=".2f", epe_3d_mm=".1f"))
+  state, rows = loop.run(
+    step_fn,
+    state,
+    data_iter,
+    config,
+    mesh,
+    mngr,
+    workdir,
+    steps,
+    keys=DEVICE_KEYS,
+    stop_at=stop_at,
+    desc=f"{config.mode} ({init_name})",
+    progress=progress,
+    postfix=dict(loss=".3f", epe_2d_px=".2f", epe_3d_mm=".1f"),
+  )
   return Result(state, rows, workdir)
 
 
@@ -305,15 +352,23 @@ def write_info(workdir, config, src):
   scale = getattr(src, "scale", None)
   if isinstance(src, freihand.FreiHand):
     scale = src.scale[src.ids]
-  info = dict(mode=config.mode, encoder=os.path.abspath(config.encoder) if config.encoder else None,
-              train_records=len(src), label_fraction=config.data.label_fraction,
-              median_bone_m=float(np.median(scale)) if scale is not None and len(scale) else None)
+  info = dict(
+    mode=config.mode,
+    encoder=os.path.abspath(config.encoder) if config.encoder else None,
+    train_records=len(src),
+    label_fraction=config.data.label_fraction,
+    median_bone_m=float(np.median(scale)) if scale is not None and len(scale) else None,
+  )
   with open(os.path.join(workdir, "probe.json"), "w") as f:
     json.dump(info, f, indent=1)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-        evaluate_splits: tuple[str, ...] = ("evaluation",)) -> tuple[Result | None, dict | list]:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  progress: bool = True,
+  evaluate_splits: tuple[str, ...] = ("evaluation",),
+) -> tuple[Result | None, dict | list]:
   """Trains (or resumes) and evaluates; label_fraction runs one sub-run per fraction and tabulates them."""
   if config.mode != "label_fraction":
     result = train(config, workdir, progress=progress)
@@ -329,10 +384,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True,
     sub = os.path.join(workdir, f"labels_{100 * f:g}pct")
     r = train(c, sub, progress=progress)
     rep = evaluate.evaluate(sub, evaluate_splits[0], progress=progress)
-    rows.append(dict(label_fraction=float(f), train_records=len(train_source(c)), steps=int(r.state.step),
-                     workdir=sub, **{k: rep["metrics"][k] for k in report.TABLE_KEYS}))
-  report.write_table(rows, os.path.join(workdir, "label_fraction"),
-                     f"Label fractions ({'fine-tuned from ' + config.encoder if config.encoder else 'scratch'})")
+    rows.append(
+      dict(
+        label_fraction=float(f),
+        train_records=len(train_source(c)),
+        steps=int(r.state.step),
+        workdir=sub,
+        **{k: rep["metrics"][k] for k in report.TABLE_KEYS},
+      )
+    )
+  report.write_table(
+    rows,
+    os.path.join(workdir, "label_fraction"),
+    f"Label fractions ({'fine-tuned from ' + config.encoder if config.encoder else 'scratch'})",
+  )
   return None, rows
 
 
@@ -352,12 +417,16 @@ def main(argv: list[str] | None = None) -> None:
   for split, rep in reports.items():
     mt = rep.get("metrics")
     if mt is None:
-      print(f"done: {config.mode}, step {int(result.state.step)}; {split} has no 3-D labels: predictions in "
-            f"{rep['paths']['pred_json']}")
+      print(
+        f"done: {config.mode}, step {int(result.state.step)}; {split} has no 3-D labels: predictions in "
+        f"{rep['paths']['pred_json']}"
+      )
       continue
-    print(f"done: {config.mode}, step {int(result.state.step)}; {split}: 2D {mt['epe_2d_px']:.2f} px, "
-          f"3D EPE {mt['epe_mm']:.1f} mm, PA-EPE {mt['pa_epe_mm']:.2f} mm, PA-AUC {mt['pa_auc']:.3f} "
-          f"(report: {rep['paths']['markdown']})")
+    print(
+      f"done: {config.mode}, step {int(result.state.step)}; {split}: 2D {mt['epe_2d_px']:.2f} px, "
+      f"3D EPE {mt['epe_mm']:.1f} mm, PA-EPE {mt['pa_epe_mm']:.2f} mm, PA-AUC {mt['pa_auc']:.3f} "
+      f"(report: {rep['paths']['markdown']})"
+    )
 
 
 if __name__ == "__main__":

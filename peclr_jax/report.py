@@ -1,9 +1,9 @@
 """Markdown tables and plots of results, shared by evaluation, the studies and the main job.
 
-  evaluation(result)               the Markdown of one evaluation (evaluate.evaluate's result dict)
-  write_table(rows, base, title)   rows of metrics -> base.json and a Markdown table base.md
-  study_table(rows, title, ...)    a study's rows (tags + metrics) as Markdown, with the constant anchors
-  pck(...), skeleton_grid(...), bars(...), curves(...), contact_sheet(...)   PNG figures
+evaluation(result)               the Markdown of one evaluation (evaluate.evaluate's result dict)
+write_table(rows, base, title)   rows of metrics -> base.json and a Markdown table base.md
+study_table(rows, title, ...)    a study's rows (tags + metrics) as Markdown, with the constant anchors
+pck(...), skeleton_grid(...), bars(...), curves(...), contact_sheet(...)   PNG figures
 """
 
 import json
@@ -14,9 +14,16 @@ from PIL import Image, ImageDraw
 from peclr_jax import hand, metrics
 
 TABLE_KEYS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm", "epe_mm", "auc", "median_mm", "pa_median_mm")
-LABELS = {"epe_2d_px": "2D EPE (px)", "epe_mm": "3D EPE (mm)", "pa_epe_mm": "PA-EPE (mm)", "auc": "AUC 0-50 mm",
-          "rr_epe_mm": "root-relative EPE (mm)",
-          "pa_auc": "PA-AUC 0-50 mm", "median_mm": "median (mm)", "pa_median_mm": "PA median (mm)"}
+LABELS = {
+  "epe_2d_px": "2D EPE (px)",
+  "epe_mm": "3D EPE (mm)",
+  "pa_epe_mm": "PA-EPE (mm)",
+  "auc": "AUC 0-50 mm",
+  "rr_epe_mm": "root-relative EPE (mm)",
+  "pa_auc": "PA-AUC 0-50 mm",
+  "median_mm": "median (mm)",
+  "pa_median_mm": "PA median (mm)",
+}
 
 
 def _pyplot():
@@ -29,10 +36,15 @@ def _pyplot():
 
 
 def evaluation(result):
-  lines = [f"# Evaluation of `{result['workdir']}` on `{result['split']}` of `{result['data']}`", "",
-           f"{result['images']} images ({result['labelled']} with 3-D labels); mode {result['mode']}, encoder "
-           f"{result['encoder'] or 'random init'}.", "",
-           "Protocol: " + ", ".join(f"{k} {v}" for k, v in result["protocol"].items()) + ".", ""]
+  lines = [
+    f"# Evaluation of `{result['workdir']}` on `{result['split']}` of `{result['data']}`",
+    "",
+    f"{result['images']} images ({result['labelled']} with 3-D labels); mode {result['mode']}, encoder "
+    f"{result['encoder'] or 'random init'}.",
+    "",
+    "Protocol: " + ", ".join(f"{k} {v}" for k, v in result["protocol"].items()) + ".",
+    "",
+  ]
   m = result.get("metrics")
   if m is None:
     return "\n".join(lines + ["No 3-D labels on this split: predictions only (pred json/zip).", ""])
@@ -43,13 +55,19 @@ def evaluation(result):
   if "epe_2d_px" in b:
     lines += [f"| anchor: constant mean 2D keypoints of this split, 2D EPE (px) | {b['epe_2d_px']:.2f} |"]
   if "pa_epe_mm" in b:
-    lines += [f"| anchor: constant mean training pose, PA-EPE (mm) / PA-AUC | {b['pa_epe_mm']:.2f} / "
-              f"{b['pa_auc']:.4f} |"]
-  lines += ["",
-            "Per joint (mm):", "",
-            "| | " + " | ".join(hand.JOINT_NAMES) + " |", "|---|" + "---|" * len(hand.JOINT_NAMES),
-            "| EPE | " + " | ".join(f"{x:.1f}" for x in m["per_joint_epe_mm"]) + " |",
-            "| PA-EPE | " + " | ".join(f"{x:.1f}" for x in m["pa_per_joint_epe_mm"]) + " |", ""]
+    lines += [
+      f"| anchor: constant mean training pose, PA-EPE (mm) / PA-AUC | {b['pa_epe_mm']:.2f} / {b['pa_auc']:.4f} |"
+    ]
+  lines += [
+    "",
+    "Per joint (mm):",
+    "",
+    "| | " + " | ".join(hand.JOINT_NAMES) + " |",
+    "|---|" + "---|" * len(hand.JOINT_NAMES),
+    "| EPE | " + " | ".join(f"{x:.1f}" for x in m["per_joint_epe_mm"]) + " |",
+    "| PA-EPE | " + " | ".join(f"{x:.1f}" for x in m["pa_per_joint_epe_mm"]) + " |",
+    "",
+  ]
   return "\n".join(lines)
 
 
@@ -78,9 +96,13 @@ def study_table(rows, title, sort=None, anchor=None):
   lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(fmt(k, r[k]) for k in cols) + " |" for r in rows]
   if anchor and "epe_2d_px" in anchor:
-    lines += ["", f"A constant prediction scores {anchor['epe_2d_px']:.2f} px 2D EPE (the evaluation split's mean "
-              "keypoints)" + (f" and {anchor['pa_epe_mm']:.2f} mm PA-EPE (the training labels' mean pose)"
-                              if "pa_epe_mm" in anchor else "") + "."]
+    lines += [
+      "",
+      f"A constant prediction scores {anchor['epe_2d_px']:.2f} px 2D EPE (the evaluation split's mean "
+      "keypoints)"
+      + (f" and {anchor['pa_epe_mm']:.2f} mm PA-EPE (the training labels' mean pose)" if "pa_epe_mm" in anchor else "")
+      + ".",
+    ]
   return "\n".join(lines) + "\n"
 
 
@@ -158,8 +180,11 @@ def curves(r, path):
   plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   step, loss, lr, probe_px = np.array(r["curve"]).T
-  for ax, y, title in zip(axes, (loss, lr, probe_px), ("loss (objective + online probe)", "learning rate",
-                                                       "online probe 2D error (px, training views)")):
+  for ax, y, title in zip(
+    axes,
+    (loss, lr, probe_px),
+    ("loss (objective + online probe)", "learning rate", "online probe 2D error (px, training views)"),
+  ):
     ax.plot(step, y)
     ax.set_title(title)
     ax.set_xlabel("step")

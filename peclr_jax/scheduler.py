@@ -47,8 +47,12 @@ def execute(runs, root: str, parallel: int = 1, log=print, poll: float = 1.0) ->
         os.makedirs(r.workdir(root), exist_ok=True)
         out = open(os.path.join(r.workdir(root), "run.log"), "a")
         log(f"[start]   {r.name}: {shlex.join(r.command(root))}")
-        active[r.name] = (r, subprocess.Popen(r.command(root), stdout=out, stderr=subprocess.STDOUT), out,
-                          time.perf_counter())
+        active[r.name] = (
+          r,
+          subprocess.Popen(r.command(root), stdout=out, stderr=subprocess.STDOUT),
+          out,
+          time.perf_counter(),
+        )
       for name, (r, proc, out, t0) in list(active.items()):
         if proc.poll() is None:
           continue

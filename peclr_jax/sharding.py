@@ -41,8 +41,9 @@ def arguments(coordinator=None, num_processes=None, process_id=None, env=None):
   try:
     return {k: v if k == "coordinator_address" else int(v) for k, v in kw.items() if v is not None}
   except ValueError:
-    raise ValueError(f"JAX_NUM_PROCESSES={num_processes!r} / JAX_PROCESS_ID={process_id!r}: expected integers"
-                     ) from None
+    raise ValueError(
+      f"JAX_NUM_PROCESSES={num_processes!r} / JAX_PROCESS_ID={process_id!r}: expected integers"
+    ) from None
 
 
 def init_distributed(mode="auto", coordinator=None, num_processes=None, process_id=None, timeout=300):
@@ -58,8 +59,13 @@ def init_distributed(mode="auto", coordinator=None, num_processes=None, process_
     return False
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # for CPU devices; GPU / TPU have their own
   jax.distributed.initialize(initialization_timeout=timeout, **kw)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 

@@ -59,8 +59,14 @@ class Run:
     overrides = list(self.overrides)
     if self.needs:
       overrides.append(("encoder", os.path.join(root, self.needs)))
-    return [sys.executable, "-m", f"peclr_jax.{self.kind}", f"--config={self.config}",
-            *(f"--config.{k}={_flag(v)}" for k, v in overrides), f"--workdir={self.workdir(root)}"]
+    return [
+      sys.executable,
+      "-m",
+      f"peclr_jax.{self.kind}",
+      f"--config={self.config}",
+      *(f"--config.{k}={_flag(v)}" for k, v in overrides),
+      f"--workdir={self.workdir(root)}",
+    ]
 
   def requires(self):
     return ((self.needs,) if self.needs else ()) + tuple(self.after)
@@ -86,15 +92,22 @@ def _pretrain(cfg, name, objective, ops, peclr=None, relative=None, extra=(), ta
   if objective in ("peclr", "hybrid"):
     o.append(("peclr.transforms", tuple(op for op in ops if op in GEOMETRIC) if peclr is None else tuple(peclr)))
   if objective in ("relative", "hybrid"):
-    o.append(("relative.transforms", tuple(op for op in ops if op in RELATIVE) if relative is None else
-              tuple(relative)))
+    o.append(
+      ("relative.transforms", tuple(op for op in ops if op in RELATIVE) if relative is None else tuple(relative))
+    )
   return Run(name, "pretrain", f"pretrain:{objective},{cfg.size}", (*o, *extra), tags=tags)
 
 
 def _probe(cfg, name, needs, tags, mode=None):
   mode = mode or cfg.probe_mode
-  return Run(name, "probe", f"probe:{mode},{cfg.size}", (("total_steps", cfg.probe_steps), *cfg.data_overrides),
-             needs=needs, tags=tags)
+  return Run(
+    name,
+    "probe",
+    f"probe:{mode},{cfg.size}",
+    (("total_steps", cfg.probe_steps), *cfg.data_overrides),
+    needs=needs,
+    tags=tags,
+  )
 
 
 def objectives(cfg, root=""):
@@ -103,8 +116,15 @@ def objectives(cfg, root=""):
   runs = []
   for objective in cfg.objectives:
     tags = (("protocol", cfg.probe_mode), ("objective", objective))
-    runs.append(Run(f"pretrain_{objective}", "pretrain", f"pretrain:{objective},{cfg.size}",
-                    (("total_steps", cfg.pretrain_steps), *cfg.data_overrides), tags=tags))
+    runs.append(
+      Run(
+        f"pretrain_{objective}",
+        "pretrain",
+        f"pretrain:{objective},{cfg.size}",
+        (("total_steps", cfg.pretrain_steps), *cfg.data_overrides),
+        tags=tags,
+      )
+    )
     runs.append(_probe(cfg, f"probe_{objective}", f"pretrain_{objective}", tags))
   runs.append(_probe(cfg, "probe_random_init", "", (("protocol", cfg.probe_mode), ("objective", "random init"))))
   return runs
@@ -144,13 +164,28 @@ def composition(cfg, root=""):
   for k in range(2, len(best) + 1):
     for combo in itertools.combinations(sorted(best), k):
       objs = {best[a] for a in combo}
-      objective = ("hybrid" if {"peclr", "relative"} <= objs else "peclr" if "peclr" in objs else
-                   "relative" if "relative" in objs else "simclr")
+      objective = (
+        "hybrid"
+        if {"peclr", "relative"} <= objs
+        else "peclr"
+        if "peclr" in objs
+        else "relative"
+        if "relative" in objs
+        else "simclr"
+      )
       name = "+".join(combo)
       tags = (("augmentations", name), ("objective", objective))
-      runs.append(_pretrain(cfg, f"pretrain_{name}", objective, combo, tags=tags,
-                            peclr=[a for a in combo if best[a] == "peclr"],
-                            relative=[a for a in combo if best[a] == "relative"]))
+      runs.append(
+        _pretrain(
+          cfg,
+          f"pretrain_{name}",
+          objective,
+          combo,
+          tags=tags,
+          peclr=[a for a in combo if best[a] == "peclr"],
+          relative=[a for a in combo if best[a] == "relative"],
+        )
+      )
       runs.append(_probe(cfg, f"probe_{name}", f"pretrain_{name}", tags))
   return runs
 
@@ -165,8 +200,10 @@ def parse_best(text, path):
     with open(path) as f:
       best = json.load(f)
   else:
-    raise ConfigError(f"composition needs study 1's choices: config.best_from={path!r} does not exist (run the "
-                      "ablation study first, or set --config.best=crop=peclr,rotate=peclr,...)")
+    raise ConfigError(
+      f"composition needs study 1's choices: config.best_from={path!r} does not exist (run the "
+      "ablation study first, or set --config.best=crop=peclr,rotate=peclr,...)"
+    )
   bad = {a: o for a, o in best.items() if a not in augment.OPS or o not in ("simclr", "peclr", "relative")}
   if bad or len(best) < 2:
     raise ConfigError(f"composition: bad or too few augmentation=objective pairs {best}")
@@ -189,9 +226,16 @@ def supervised(cfg, root=""):
         mode = "finetune" if needs else "scratch"
         tags = (("model", model), ("init", init), ("labels", f"{100 * fraction:g} %"))
         head = (("head.kind", "direct"),) if model == "hourglass" else ()  # Iqbal et al.: its own 2.5-D output
-        runs.append(Run(f"{mode}_{model}_{100 * fraction:g}pct", "probe", f"probe:{mode},{cfg.size}",
-                        (("total_steps", cfg.probe_steps), ("data.label_fraction", fraction), *m, *head,
-                         *cfg.data_overrides), needs=needs, tags=tags))
+        runs.append(
+          Run(
+            f"{mode}_{model}_{100 * fraction:g}pct",
+            "probe",
+            f"probe:{mode},{cfg.size}",
+            (("total_steps", cfg.probe_steps), ("data.label_fraction", fraction), *m, *head, *cfg.data_overrides),
+            needs=needs,
+            tags=tags,
+          )
+        )
   return runs
 
 
@@ -202,28 +246,56 @@ def cross_dataset(cfg, root):
   distance, skin tones, backgrounds, seed); PeCLR pretrained on A alone is the control for the unlabelled B images.
   """
   data = {d: os.path.join(root, f"data_{d}") for d in "AB"}
-  runs = [Run(f"data_{d}", "render", overrides=(("train", cfg.domain_train), ("eval", cfg.domain_eval),
-                                                   ("workers", 1), *dict(style).items()))
-          for d, style in (("A", cfg.domain_a), ("B", cfg.domain_b))]
+  runs = [
+    Run(
+      f"data_{d}",
+      "render",
+      overrides=(("train", cfg.domain_train), ("eval", cfg.domain_eval), ("workers", 1), *dict(style).items()),
+    )
+    for d, style in (("A", cfg.domain_a), ("B", cfg.domain_b))
+  ]
   on_a = (("data.name", "freihand"), ("data.root", data["A"]), *cfg.data_overrides)
   probes = [("scratch", "", "scratch", "no pretraining")]
   for pre, mix in (("A+B", (data["B"],)), ("A", ())):
     name = f"pretrain_peclr_{pre.replace('+', '')}"
-    run = _pretrain(cfg, name, "peclr", cfg.ops, extra=(*on_a, ("data.mix_roots", mix)),
-                    tags=(("pretraining", f"PeCLR on {pre}"),))
+    run = _pretrain(
+      cfg, name, "peclr", cfg.ops, extra=(*on_a, ("data.mix_roots", mix)), tags=(("pretraining", f"PeCLR on {pre}"),)
+    )
     runs.append(dataclasses.replace(run, after=("data_A", "data_B")))
     probes += [(f"{mode}_{pre.replace('+', '')}", name, mode, f"PeCLR on {pre}") for mode in cfg.cross_probe_modes]
   for run_name, needs, mode, pretraining in probes:
     tags = (("setting", f"{pretraining}, {mode} on A"),)
-    runs.append(Run(run_name, "probe", f"probe:{mode},{cfg.size}", (("total_steps", cfg.probe_steps), *on_a),
-                    needs=needs, after=("data_A",), tags=tags + (("evaluated on", "A"),)))
-    runs.append(Run(f"eval_B_{run_name}", "evaluate", overrides=(("data_root", data["B"]), ("tag", "B")),
-                    needs=run_name, after=("data_B",), tags=tags + (("evaluated on", "B"),)))
+    runs.append(
+      Run(
+        run_name,
+        "probe",
+        f"probe:{mode},{cfg.size}",
+        (("total_steps", cfg.probe_steps), *on_a),
+        needs=needs,
+        after=("data_A",),
+        tags=tags + (("evaluated on", "A"),),
+      )
+    )
+    runs.append(
+      Run(
+        f"eval_B_{run_name}",
+        "evaluate",
+        overrides=(("data_root", data["B"]), ("tag", "B")),
+        needs=run_name,
+        after=("data_B",),
+        tags=tags + (("evaluated on", "B"),),
+      )
+    )
   return runs
 
 
-STUDIES = {"objectives": objectives, "ablation": ablation, "composition": composition, "cross_dataset": cross_dataset,
-           "supervised": supervised}
+STUDIES = {
+  "objectives": objectives,
+  "ablation": ablation,
+  "composition": composition,
+  "cross_dataset": cross_dataset,
+  "supervised": supervised,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,16 +341,23 @@ def write_results(cfg, runs, root):
   rows, anchor = gather(runs, root), baseline(runs, root)
   with open(os.path.join(root, "results.json"), "w") as f:
     json.dump(dict(study=cfg.study, size=cfg.size, rows=rows, constant_baseline=anchor), f, indent=1)
-  title = {"objectives": "Objectives, linear protocol", "ablation": "Per-augmentation ablation, linear protocol",
-           "composition": "Composition search",
-           "cross_dataset": "Cross-dataset: pretrain on A + B, probe on A, test on B",
-           "supervised": "Supervised comparison"}[cfg.study]
+  title = {
+    "objectives": "Objectives, linear protocol",
+    "ablation": "Per-augmentation ablation, linear protocol",
+    "composition": "Composition search",
+    "cross_dataset": "Cross-dataset: pretrain on A + B, probe on A, test on B",
+    "supervised": "Supervised comparison",
+  }[cfg.study]
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(report.study_table(rows, f"{title} ({cfg.size})", sort="epe_2d_px", anchor=anchor))
   if rows:
-    group, series = {"objectives": ("protocol", "objective"), "ablation": ("augmentation", "objective"),
-                     "composition": ("augmentations", "objective"),
-                     "cross_dataset": ("evaluated on", "setting"), "supervised": ("labels", "init")}[cfg.study]
+    group, series = {
+      "objectives": ("protocol", "objective"),
+      "ablation": ("augmentation", "objective"),
+      "composition": ("augmentations", "objective"),
+      "cross_dataset": ("evaluated on", "setting"),
+      "supervised": ("labels", "init"),
+    }[cfg.study]
     report.bars(rows, os.path.join(root, "results.png"), group, series)
   if cfg.study == "ablation":
     with open(os.path.join(root, "best_objectives.json"), "w") as f:
@@ -286,34 +365,43 @@ def write_results(cfg, runs, root):
   return rows
 
 
-STEPS = validate.Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1),
-                      "an integer >= 1, or -1 (the configs' epochs)")
-OVERRIDES = validate.Rule(lambda v: isinstance(v, (tuple, list)) and all(
-    isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in v), "a tuple of (key, value) pairs")
-DOMAIN = validate.Rule(lambda v: OVERRIDES.allows(v) and all(k in synthetic.STYLE_FLAGS for k, _ in v),
-                       f"a tuple of (flag, value) pairs with flags among {', '.join(synthetic.STYLE_FLAGS)}")
+STEPS = validate.Rule(
+  lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1),
+  "an integer >= 1, or -1 (the configs' epochs)",
+)
+OVERRIDES = validate.Rule(
+  lambda v: (
+    isinstance(v, (tuple, list))
+    and all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in v)
+  ),
+  "a tuple of (key, value) pairs",
+)
+DOMAIN = validate.Rule(
+  lambda v: OVERRIDES.allows(v) and all(k in synthetic.STYLE_FLAGS for k, _ in v),
+  f"a tuple of (flag, value) pairs with flags among {', '.join(synthetic.STYLE_FLAGS)}",
+)
 RULES = {
-    "study": validate.one_of(STUDIES),
-    "size": validate.one_of(configs.SIZES),
-    "parallel": validate.COUNT,
-    "dry_run": validate.BOOL,
-    "data_overrides": OVERRIDES,
-    "pretrain_steps": STEPS,
-    "probe_steps": STEPS,
-    "probe_mode": validate.one_of(keypoints.FROZEN),
-    "augmentations": validate.each_of(augment.OPS),
-    "objectives": validate.each_of(OBJECTIVES),
-    "best": validate.TEXT,
-    "best_from": validate.TEXT,
-    "compose": validate.each_of(augment.OPS),
-    "domain_a": DOMAIN,
-    "domain_b": DOMAIN,
-    "domain_train": validate.COUNT,
-    "domain_eval": validate.COUNT,
-    "cross_probe_modes": validate.each_of((*keypoints.FROZEN, "finetune")),
-    "models": validate.each_of(models.ENCODERS),
-    "ops": validate.each_of(augment.OPS),
-    "label_fractions": validate.each(validate.number(0, 1, lo_open=True)),
+  "study": validate.one_of(STUDIES),
+  "size": validate.one_of(configs.SIZES),
+  "parallel": validate.COUNT,
+  "dry_run": validate.BOOL,
+  "data_overrides": OVERRIDES,
+  "pretrain_steps": STEPS,
+  "probe_steps": STEPS,
+  "probe_mode": validate.one_of(keypoints.FROZEN),
+  "augmentations": validate.each_of(augment.OPS),
+  "objectives": validate.each_of(OBJECTIVES),
+  "best": validate.TEXT,
+  "best_from": validate.TEXT,
+  "compose": validate.each_of(augment.OPS),
+  "domain_a": DOMAIN,
+  "domain_b": DOMAIN,
+  "domain_train": validate.COUNT,
+  "domain_eval": validate.COUNT,
+  "cross_probe_modes": validate.each_of((*keypoints.FROZEN, "finetune")),
+  "models": validate.each_of(models.ENCODERS),
+  "ops": validate.each_of(augment.OPS),
+  "label_fractions": validate.each(validate.number(0, 1, lo_open=True)),
 }
 
 

@@ -46,20 +46,26 @@ def one_of(options):
 def each_of(options):
   """A tuple whose members are all in `options` (empty is allowed)."""
   options = tuple(options)
-  return Rule(lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) and x in options for x in v),
-              f"a tuple of {', '.join(options)}")
+  return Rule(
+    lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) and x in options for x in v),
+    f"a tuple of {', '.join(options)}",
+  )
 
 
 def integer(lo=None, hi=None):
   where = _interval(lo, hi)
-  return Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and _inside(v, lo, hi, False, False),
-              f"an integer {where}".strip(), f"integers {where}".strip())
+  return Rule(
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and _inside(v, lo, hi, False, False),
+    f"an integer {where}".strip(),
+    f"integers {where}".strip(),
+  )
 
 
 def number(lo=None, hi=None, lo_open=False, hi_open=False):
   where = _interval(lo, hi, lo_open, hi_open)
-  return Rule(lambda v: _real(v) and _inside(v, lo, hi, lo_open, hi_open), f"a number {where}".strip(),
-              f"numbers {where}".strip())
+  return Rule(
+    lambda v: _real(v) and _inside(v, lo, hi, lo_open, hi_open), f"a number {where}".strip(), f"numbers {where}".strip()
+  )
 
 
 POSITIVE = number(0, lo_open=True)
@@ -73,8 +79,9 @@ PATHS = Rule(lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) f
 
 def pair(rule):
   """(lo, hi) with lo <= hi, each allowed by `rule`."""
-  ok = lambda v: (isinstance(v, (tuple, list)) and len(v) == 2 and rule.allows(v[0]) and rule.allows(v[1]) and
-                  v[0] <= v[1])
+  ok = lambda v: (
+    isinstance(v, (tuple, list)) and len(v) == 2 and rule.allows(v[0]) and rule.allows(v[1]) and v[0] <= v[1]
+  )
   return Rule(ok, f"a pair (lo, hi) of {rule.plural}, lo <= hi")
 
 

@@ -278,9 +278,12 @@ def test_sampling_is_reproducible_and_respects_ranges_and_probabilities():
 def test_views_are_independent_and_reproducible():
   b, cfg = 4, _cfg(["rotate", "crop", "scale", "color_jitter"])
   rng = np.random.default_rng(6)
-  batch = dict(image=rng.integers(0, 256, (b, S, S, 3)).astype(np.uint8),
-               uv=rng.uniform(16, 48, (b, 21, 2)).astype(np.float32),
-               K=np.tile(np.eye(3, dtype=np.float32), (b, 1, 1)), valid=np.ones((b, 21), bool))
+  batch = dict(
+    image=rng.integers(0, 256, (b, S, S, 3)).astype(np.uint8),
+    uv=rng.uniform(16, 48, (b, 21, 2)).astype(np.float32),
+    K=np.tile(np.eye(3, dtype=np.float32), (b, 1, 1)),
+    valid=np.ones((b, 21), bool),
+  )
   f = jax.jit(lambda key, batch: augment.views(key, batch, cfg))
   v1, v2 = f(jax.random.key(0), batch)
   again = f(jax.random.key(0), batch)

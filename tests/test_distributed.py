@@ -36,12 +36,24 @@ def data_root(tmp_path_factory):
 def start(workdir, data_root):
   """Two pretraining processes joined by jax.distributed on localhost, one CPU device each."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:hybrid,tiny",
-         f"--workdir={workdir}", f"--config.data.root={data_root}",
-         *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
-         "--distributed=on", f"--coordinator=127.0.0.1:{free_port()}", "--num_processes=2"]
-  return [subprocess.Popen([*cmd, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "peclr_jax.pretrain",
+    "--config=pretrain:hybrid,tiny",
+    f"--workdir={workdir}",
+    f"--config.data.root={data_root}",
+    *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+    "--distributed=on",
+    f"--coordinator=127.0.0.1:{free_port()}",
+    "--num_processes=2",
+  ]
+  return [
+    subprocess.Popen(
+      [*cmd, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for i in range(2)
+  ]
 
 
 def finish(procs, timeout=300):
@@ -62,8 +74,9 @@ def test_two_processes_equal_one_process_through_a_preemption(data_root, tmp_pat
   workdir = tmp_path / "multi"
   procs = start(workdir, data_root)
   try:
-    while not (os.path.exists(workdir / "metrics.jsonl") and log.read(str(workdir)) and
-               log.read(str(workdir))[-1]["step"] >= 2):
+    while not (
+      os.path.exists(workdir / "metrics.jsonl") and log.read(str(workdir)) and log.read(str(workdir))[-1]["step"] >= 2
+    ):
       assert all(p.poll() is None for p in procs), finish(procs)
       time.sleep(0.02)
     for p in procs:  # as SLURM or a TPU maintenance event signals every host
@@ -75,7 +88,10 @@ def test_two_processes_equal_one_process_through_a_preemption(data_root, tmp_pat
   step = int(stops[0].group(1))
   assert int(stops[1].group(1)) == step < OVERRIDES["total_steps"]
   assert sorted(os.listdir(workdir / "checkpoints" / str(step) / "data")) == [
-      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+    "commit_success.txt",
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]
 
   procs = start(workdir, data_root)
   outs = finish(procs)
@@ -101,14 +117,17 @@ def test_two_processes_equal_one_process_through_a_preemption(data_root, tmp_pat
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("env, want", [
+@pytest.mark.parametrize(
+  "env, want",
+  [
     ({}, None),
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, None),  # not a launcher: an argument (below)
     ({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "3"}, "slurm"),
     ({"SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1"}, None),  # the batch script itself, before srun
     ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, "tpu"),
     ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),  # a single-host TPU VM
-])
+  ],
+)
 def test_launcher_detection(env, want):
   assert sharding.detect(env) == want
 

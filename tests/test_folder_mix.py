@@ -109,11 +109,11 @@ def test_folder_errors(root, tmp_path):
   assert os.path.join(root, "a/gone.jpg") in str(e.value) and ann in str(e.value)
 
   bad = {
-      "short": ({"uv": [[1.0, 2.0]] * 20}, "21"),
-      "wide": ({"uv": [[1.0, 2.0, 3.0]] * 21}, "shape"),
-      "nan": ({"uv": [[float("nan"), 2.0]] + [[1.0, 2.0]] * 20}, "NaN"),
-      "box": ({"box": [5, 5, 1, 9]}, "x1 > x0"),
-      "neither": ({"xyz": []}, "expected"),
+    "short": ({"uv": [[1.0, 2.0]] * 20}, "21"),
+    "wide": ({"uv": [[1.0, 2.0, 3.0]] * 21}, "shape"),
+    "nan": ({"uv": [[float("nan"), 2.0]] + [[1.0, 2.0]] * 20}, "NaN"),
+    "box": ({"box": [5, 5, 1, 9]}, "x1 > x0"),
+    "neither": ({"xyz": []}, "expected"),
   }
   for name, (value, msg) in bad.items():
     path = write_json(tmp_path / f"{name}.json", {"z.jpeg": value})
@@ -149,7 +149,7 @@ def drawn(mix):
 
 @pytest.mark.parametrize("weights", [(0.5, 0.5), (1.0, 3.0), (2.0, 0.0, 1.0)])
 def test_mix_proportions_follow_weights(weights):
-  sources = [Values(k, n) for k, n in enumerate((7, 50, 3)[:len(weights)])]
+  sources = [Values(k, n) for k, n in enumerate((7, 50, 3)[: len(weights)])]
   n = 6000
   src, j, recs = drawn(Mix(sources, weights, num_records=n, seed=1))
   p = np.asarray(weights) / sum(weights)

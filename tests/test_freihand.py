@@ -72,8 +72,9 @@ def test_id_and_version_subsets(root):
     FreiHand(root, versions=[V])
 
 
-@pytest.mark.parametrize("n,frac,seed,n_val", [(24, 0.25, 0, 6), (10, 0.26, 3, 3), (32560, 0.1, 5, 3256),
-                                               (10, 0, 1, 0)])
+@pytest.mark.parametrize(
+  "n,frac,seed,n_val", [(24, 0.25, 0, 6), (10, 0.26, 3, 3), (32560, 0.1, 5, 3256), (10, 0, 1, 0)]
+)
 def test_split_ids(n, frac, seed, n_val):
   train, val = split_ids(n, frac, seed)
   assert len(val) == n_val and len(train) == n - n_val  # rounded

@@ -62,8 +62,7 @@ def test_single_hand_and_numpy_inputs():
   h = sample_hand(np.random.default_rng(0))
   uv, z_rel, s = g.to_25d(h["xyz"], h["K"])
   assert uv.shape == (21, 2) and z_rel.shape == (21,) and s.shape == ()
-  np.testing.assert_allclose(g.from_25d(np.asarray(uv), np.asarray(z_rel), h["K"], scale=float(s)), h["xyz"],
-                             atol=1e-4)
+  np.testing.assert_allclose(g.from_25d(np.asarray(uv), np.asarray(z_rel), h["K"], scale=float(s)), h["xyz"], atol=1e-4)
 
 
 @pytest.mark.parametrize("bone,root", CASES)
@@ -108,8 +107,10 @@ def test_one_root_reconstructs_random_clouds(bone, root):
   xyz, K = _cloud(rng, 500)
   with jax.enable_x64(True):
     uv, z_rel, s = g.to_25d(xyz, K, bone, root)
-    errs = [np.abs(g.from_25d(uv, z_rel, K, bone, root, scale=s, z_root=z) - xyz).max((1, 2))
-            for z in g.root_depth(uv, z_rel, K, bone)]
+    errs = [
+      np.abs(g.from_25d(uv, z_rel, K, bone, root, scale=s, z_root=z) - xyz).max((1, 2))
+      for z in g.root_depth(uv, z_rel, K, bone)
+    ]
   assert np.minimum(*errs).max() < 1e-6
   assert (errs[1] < errs[0]).any()  # the cloud includes cases where the larger root is wrong (reference §4.2)
 
@@ -141,8 +142,10 @@ def test_root_refiner_shapes_and_train_mode():
   out, upd = model.apply(v, uv, z_rel, K, train=True, mutable=["batch_stats"])
   assert out.shape == (16,) and "bn1" in upd["batch_stats"]
   # Extra leading dims are batched too.
-  assert model.apply(v, uv.reshape(4, 4, 21, 2), z_rel.reshape(4, 4, 21), K.reshape(4, 4, 3, 3),
-                     train=False).shape == (4, 4)
+  assert model.apply(v, uv.reshape(4, 4, 21, 2), z_rel.reshape(4, 4, 21), K.reshape(4, 4, 3, 3), train=False).shape == (
+    4,
+    4,
+  )
 
 
 def test_root_refiner_zero_init_is_closed_form_and_detached():

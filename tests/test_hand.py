@@ -27,9 +27,29 @@ def test_freihand_order_and_bones():
 
 def test_interhand_right_and_left_remap():
   # InterHand2.6M right hand, written out from the dataset's skeleton.txt: tip first per finger, wrist 20.
-  ih = {0: "thumb4", 1: "thumb3", 2: "thumb2", 3: "thumb1", 4: "index4", 5: "index3", 6: "index2", 7: "index1",
-        8: "middle4", 9: "middle3", 10: "middle2", 11: "middle1", 12: "ring4", 13: "ring3", 14: "ring2",
-        15: "ring1", 16: "little4", 17: "little3", 18: "little2", 19: "little1", 20: "wrist"}
+  ih = {
+    0: "thumb4",
+    1: "thumb3",
+    2: "thumb2",
+    3: "thumb1",
+    4: "index4",
+    5: "index3",
+    6: "index2",
+    7: "index1",
+    8: "middle4",
+    9: "middle3",
+    10: "middle2",
+    11: "middle1",
+    12: "ring4",
+    13: "ring3",
+    14: "ring2",
+    15: "ring1",
+    16: "little4",
+    17: "little3",
+    18: "little2",
+    19: "little1",
+    20: "wrist",
+  }
   names = np.array(_named(ih) + [n + "_left" for n in _named(ih)])
   assert list(hand.remap(names[:, None], hand.FREIHAND_FROM_INTERHAND_RIGHT)[:, 0]) == list(hand.JOINT_NAMES)
   left = hand.remap(names[:, None], hand.FREIHAND_FROM_INTERHAND_LEFT)[:, 0]

@@ -29,8 +29,8 @@ def _rot(ax, ay, az):
 
 def _cameras():
   cams = {
-      "400262": dict(R=_rot(0.1, 0.0, 0.05), f=(600.0, 605.0), c=(250.0, 170.0), size=(512, 334)),
-      "400412": dict(R=_rot(-0.05, 0.5, 0.2), f=(620.0, 610.0), c=(170.0, 250.0), size=(334, 512)),
+    "400262": dict(R=_rot(0.1, 0.0, 0.05), f=(600.0, 605.0), c=(250.0, 170.0), size=(512, 334)),
+    "400412": dict(R=_rot(-0.05, 0.5, 0.2), f=(620.0, 610.0), c=(170.0, 250.0), size=(334, 512)),
   }
   for cam in cams.values():  # Place each camera 700 mm from the world origin, looking at it.
     cam["campos"] = -cam["R"].T @ np.array([0.0, 0.0, 700.0])
@@ -39,13 +39,13 @@ def _cameras():
 
 # frame: (hand_type, hand_type_valid, InterHand joints marked invalid, joints whose world_coord is NaN)
 FRAMES = {
-    10: ("right", 1, [], []),
-    20: ("left", 1, [], []),
-    30: ("interacting", 1, [], []),
-    40: ("right", 1, [20], []),  # Invalid root.
-    50: ("left", 0, [], []),  # Hand type not valid.
-    60: ("right", 1, [0, 5], []),  # Thumb tip and index DIP unlabelled.
-    70: ("left", 1, [29], [29]),  # Left middle tip unlabelled, with NaN coordinates.
+  10: ("right", 1, [], []),
+  20: ("left", 1, [], []),
+  30: ("interacting", 1, [], []),
+  40: ("right", 1, [20], []),  # Invalid root.
+  50: ("left", 0, [], []),  # Hand type not valid.
+  60: ("right", 1, [0, 5], []),  # Thumb tip and index DIP unlabelled.
+  70: ("left", 1, [29], [29]),  # Left middle tip unlabelled, with NaN coordinates.
 }
 
 
@@ -81,12 +81,31 @@ def write_fixture(root, split=SPLIT, nan_valid=False, seed=0):
       ann_id = 1000 + 7 * image_id  # Differs from the image id on purpose.
       name = f"Capture0/ROM01_seq/cam{cam_id}/image{frame:04d}.jpg"
       width, height = cam["size"]
-      images.append(dict(id=image_id, file_name=name, width=width, height=height, capture=0, subject=1,
-                         seq_name="ROM01_seq", camera=cam_id, frame_idx=frame))
+      images.append(
+        dict(
+          id=image_id,
+          file_name=name,
+          width=width,
+          height=height,
+          capture=0,
+          subject=1,
+          seq_name="ROM01_seq",
+          camera=cam_id,
+          frame_idx=frame,
+        )
+      )
       # Both joint_valid layouts occur: 42x1 (as in the release) and flat 42.
       jv_json = [[float(v)] for v in jv] if cam_id == "400262" else [int(v) for v in jv]
-      anns.append(dict(id=ann_id, image_id=image_id, bbox=[10.0, 20.0, 100.0, 120.0], joint_valid=jv_json,
-                       hand_type=hand_type, hand_type_valid=ht_valid))
+      anns.append(
+        dict(
+          id=ann_id,
+          image_id=image_id,
+          bbox=[10.0, 20.0, 100.0, 120.0],
+          joint_valid=jv_json,
+          hand_type=hand_type,
+          hand_type_valid=ht_valid,
+        )
+      )
       meta[ann_id] = dict(frame=frame, cam=cam_id, hand_type=hand_type, path=name)
       img = Image.new("RGB", (width, height), (90, 90, 90))
       draw = ImageDraw.Draw(img)
@@ -106,13 +125,28 @@ def write_fixture(root, split=SPLIT, nan_valid=False, seed=0):
       json.dump(obj, f)
 
   dump("data", dict(images=images, annotations=anns))
-  dump("camera", {"0": {
-      "campos": {k: c["campos"].tolist() for k, c in cams.items()},
-      "camrot": {k: c["R"].tolist() for k, c in cams.items()},
-      "focal": {k: list(c["f"]) for k, c in cams.items()},
-      "princpt": {k: list(c["c"]) for k, c in cams.items()}}})
-  dump("joint_3d", {"0": {str(fr): dict(world_coord=w.tolist(), joint_valid=[1] * 42, hand_type=FRAMES[fr][0],
-                                        hand_type_valid=FRAMES[fr][1]) for fr, w in world.items()}})
+  dump(
+    "camera",
+    {
+      "0": {
+        "campos": {k: c["campos"].tolist() for k, c in cams.items()},
+        "camrot": {k: c["R"].tolist() for k, c in cams.items()},
+        "focal": {k: list(c["f"]) for k, c in cams.items()},
+        "princpt": {k: list(c["c"]) for k, c in cams.items()},
+      }
+    },
+  )
+  dump(
+    "joint_3d",
+    {
+      "0": {
+        str(fr): dict(
+          world_coord=w.tolist(), joint_valid=[1] * 42, hand_type=FRAMES[fr][0], hand_type_valid=FRAMES[fr][1]
+        )
+        for fr, w in world.items()
+      }
+    },
+  )
   return dict(cams=cams, world=world, anns=meta)
 
 
@@ -178,9 +212,13 @@ def test_records_match_independent_geometry(fixture):
 def test_filters(fixture):
   root, fx = fixture
   interacting = _ids(fx, FRAMES, ("interacting",))
-  for kw, frames in [(dict(min_valid=0), (10, 20, 60, 70)), (dict(min_valid=19), (10, 20, 60, 70)),
-                     (dict(min_valid=20), (10, 20, 70)), (dict(hands=("right",), min_valid=0), (10, 60)),
-                     (dict(hands="left"), (20,))]:
+  for kw, frames in [
+    (dict(min_valid=0), (10, 20, 60, 70)),
+    (dict(min_valid=19), (10, 20, 60, 70)),
+    (dict(min_valid=20), (10, 20, 70)),
+    (dict(hands=("right",), min_valid=0), (10, 60)),
+    (dict(hands="left"), (20,)),
+  ]:
     ids = sorted(int(i) for i in interhand.InterHand(root, SPLIT, **kw).ids)
     assert ids == _ids(fx, frames, ("right", "left")), kw
     assert not set(ids) & set(interacting)  # Interacting frames never appear; nor the invalid root (40) or
@@ -215,8 +253,9 @@ def test_mirrored_left_hands(fixture):
     # The mirrored 3D is consistent with the mirrored K.
     proj = (m["K"].astype(np.float64) @ m["xyz"].T.astype(np.float64)).T
     np.testing.assert_allclose(proj[:, :2] / proj[:, 2:], m["uv"], atol=1e-3)
-    np.testing.assert_allclose(m["box"], [width - p["box"][2], p["box"][1], width - p["box"][0], p["box"][3]],
-                               atol=1e-3)
+    np.testing.assert_allclose(
+      m["box"], [width - p["box"][2], p["box"][1], width - p["box"][0], p["box"][3]], atol=1e-3
+    )
 
 
 def _copy(fixture, tmp_path):

@@ -45,7 +45,7 @@ def test_the_package_has_no_import_cycle():
     state[m] = "open"
     for d in sorted(graph[m]):
       if state.get(d) == "open":
-        cycles.append(path[path.index(d):] + [d] if d in path else path + [d])
+        cycles.append(path[path.index(d) :] + [d] if d in path else path + [d])
       elif d not in state:
         visit(d, path + [d])
     state[m] = "done"

@@ -31,8 +31,22 @@ def test_main_job_writes_sheets_and_summary(tmp_path, capsys):
 
 def test_main_job_pretrains_and_linear_probes_against_random_init(tmp_path, capsys):
   work = tmp_path / "work"
-  main.main(["--workdir", str(work), "--data", str(tmp_path / "data"), "--train", "70", "--eval", "10",
-             "--steps", "2", "--probe_steps", "2"])
+  main.main(
+    [
+      "--workdir",
+      str(work),
+      "--data",
+      str(tmp_path / "data"),
+      "--train",
+      "70",
+      "--eval",
+      "10",
+      "--steps",
+      "2",
+      "--probe_steps",
+      "2",
+    ]
+  )
   out = capsys.readouterr().out
   assert "random_init |" in out and "PA-EPE" in out
   results = json.loads((work / "results.json").read_text())

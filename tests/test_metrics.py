@@ -166,8 +166,18 @@ def test_summary_keys_and_units():
   pred = gt + np.array([0.003, 0.004, 0.0])  # 5 mm translation
   uv = np.zeros((3, 21, 2))
   s = metrics.summary(pred.astype(np.float32), gt, uv + np.array([3.0, 4.0]), uv)
-  assert set(s) == {"epe_mm", "pa_epe_mm", "auc", "pa_auc", "median_mm", "pa_median_mm", "per_joint_epe_mm",
-                    "pa_epe_umeyama_mm", "rr_epe_mm", "epe_2d_px"}
+  assert set(s) == {
+    "epe_mm",
+    "pa_epe_mm",
+    "auc",
+    "pa_auc",
+    "median_mm",
+    "pa_median_mm",
+    "per_joint_epe_mm",
+    "pa_epe_umeyama_mm",
+    "rr_epe_mm",
+    "epe_2d_px",
+  }
   assert s["epe_mm"] == pytest.approx(5.0, abs=1e-4) and s["median_mm"] == pytest.approx(5.0, abs=1e-4)
   assert s["pa_epe_mm"] == pytest.approx(0.0, abs=1e-3) and s["pa_epe_umeyama_mm"] == pytest.approx(0.0, abs=1e-3)
   assert s["rr_epe_mm"] == pytest.approx(0.0, abs=1e-3)

@@ -68,8 +68,14 @@ def test_batchnorm_train_eval_and_running_average():
   v = jax.jit(functools.partial(model.init, train=False))(KEY, x)
   evaluate = jax.jit(functools.partial(model.apply, train=False))
   # Train mode normalises with batch statistics; the stem conv output is captured for the NumPy check.
-  step = jax.jit(functools.partial(model.apply, train=True, capture_intermediates=lambda m, _: m.name == "conv1",
-                                   mutable=["batch_stats", "intermediates"]))
+  step = jax.jit(
+    functools.partial(
+      model.apply,
+      train=True,
+      capture_intermediates=lambda m, _: m.name == "conv1",
+      mutable=["batch_stats", "intermediates"],
+    )
+  )
   # Default init (torchvision): every BN scale is 1, including the blocks' last.
   assert all(np.all(s == 1.0) for s in _named(v["params"], "scale"))
   out_eval = evaluate(v, x)
@@ -191,8 +197,11 @@ def test_hourglass_cpu_conv_gradients_equal_xla():
   v = jax.eval_shape(lambda: m.init(KEY, x, train=False))
   assert {a.dtype for a in jax.tree.leaves(v["params"])} == {jnp.dtype(jnp.float32)}
   jaxpr = jax.make_jaxpr(lambda v, x: m.apply(v, x, train=False))(v, x)
-  eqns = [e for e in jaxpr.jaxpr.eqns
-          if e.primitive.name in ("conv_general_dilated", "dot_general") and e.outvars[0].aval.ndim == 4]
+  eqns = [
+    e
+    for e in jaxpr.jaxpr.eqns
+    if e.primitive.name in ("conv_general_dilated", "dot_general") and e.outvars[0].aval.ndim == 4
+  ]
   assert eqns and {a.aval.dtype for e in eqns for a in e.invars} == {jnp.dtype(jnp.bfloat16)}
   assert jaxpr.out_avals[0].dtype == jnp.float32
 
@@ -211,11 +220,21 @@ def test_encoder_factory():
 # The CPU convolution (model.conv="cpu": 1x1 and tiny outputs as matmuls, chunked weight gradients) against lax's
 # and jax.grad.
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("batch, size, cin, cout, k, stride", [(8, 12, 3, 8, 7, 2), (6, 9, 5, 4, 3, 1),
-                                                                (4, 10, 4, 4, 3, 2), (8, 8, 4, 6, 1, 2),
-                                                                (6, 7, 5, 3, 1, 1), (4, 9, 4, 6, 1, 2),
-                                                                (4, 2, 6, 5, 3, 1), (4, 4, 5, 6, 3, 2),
-                                                                (3, 3, 4, 4, 3, 2), (2, 1, 4, 3, 3, 1)])
+@pytest.mark.parametrize(
+  "batch, size, cin, cout, k, stride",
+  [
+    (8, 12, 3, 8, 7, 2),
+    (6, 9, 5, 4, 3, 1),
+    (4, 10, 4, 4, 3, 2),
+    (8, 8, 4, 6, 1, 2),
+    (6, 7, 5, 3, 1, 1),
+    (4, 9, 4, 6, 1, 2),
+    (4, 2, 6, 5, 3, 1),
+    (4, 4, 5, 6, 3, 2),
+    (3, 3, 4, 4, 3, 2),
+    (2, 1, 4, 3, 3, 1),
+  ],
+)
 def test_cpu_conv_values_and_gradients_equal_lax(batch, size, cin, cout, k, stride, monkeypatch):
   from jax import lax
 
@@ -237,8 +256,12 @@ def test_cpu_conv_values_and_gradients_equal_lax(batch, size, cin, cout, k, stri
   assert matmul or conv.num_chunks(batch, (size // stride) ** 2) > 1
   jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, *args, dimension_numbers=dn))(x, w))
   assert ("conv_general_dilated" not in jaxpr) == matmul, jaxpr
-  np.testing.assert_allclose(conv.conv_general_dilated(x, w, *args, dimension_numbers=dn),
-                             lax.conv_general_dilated(x, w, *args, dimension_numbers=dn), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    conv.conv_general_dilated(x, w, *args, dimension_numbers=dn),
+    lax.conv_general_dilated(x, w, *args, dimension_numbers=dn),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   want = jax.grad(functools.partial(loss, lax.conv_general_dilated), (0, 1))(x, w)
   got = jax.jit(jax.grad(functools.partial(loss, conv.conv_general_dilated), (0, 1)))(x, w)
   for a, b in zip(got, want):
@@ -269,6 +292,7 @@ def test_cpu_conv_resnet_gradients_equal_xla_on_a_sharded_batch(monkeypatch):
     grads[mode] = jax.jit(jax.grad(loss))(v["params"])
   for a, b in zip(jax.tree.leaves(grads["cpu"]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
   # auto is cpu on this CPU backend: its forward pass leaves the 1x1 and 2x2-output convolutions to matmuls.
   def count(mode):
     m = models.create("resnet18", width=8, small_stem=True, conv=mode)

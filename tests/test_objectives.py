@@ -61,7 +61,7 @@ def test_nt_xent_properties():
 def test_nt_xent_groups_are_independent_micro_batches():
   rng = np.random.default_rng(1)
   z1, z2 = rng.normal(size=(2, 12, 8)).astype(np.float32)
-  want = np.mean([_nt_xent_np(z1[i:i + 4], z2[i:i + 4], 0.5) for i in (0, 4, 8)])
+  want = np.mean([_nt_xent_np(z1[i : i + 4], z2[i : i + 4], 0.5) for i in (0, 4, 8)])
   np.testing.assert_allclose(nt_xent(z1, z2, groups=3), want, rtol=2e-5)
   assert abs(float(nt_xent(z1, z2)) - want) > 1e-2  # global batch is a different objective
   with pytest.raises(ValueError):
@@ -70,6 +70,7 @@ def test_nt_xent_groups_are_independent_micro_batches():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # PeCLR
+
 
 def _cv2_rotate(p, theta, c):
   """Points rotated by theta about c with the affine matrix cv2.getRotationMatrix2D(c, deg(theta), 1) builds."""
@@ -92,8 +93,9 @@ def _unit(x):
 
 
 @pytest.mark.parametrize("norm", ["reference", "crop"])
-@pytest.mark.parametrize("transforms", [("translate", "rotate"), ("crop", "rotate", "scale"), ("rotate",),
-                                        ("translate",)])
+@pytest.mark.parametrize(
+  "transforms", [("translate", "rotate"), ("crop", "rotate", "scale"), ("rotate",), ("translate",)]
+)
 def test_peclr_undo_inverts_known_augmentation(norm, transforms):
   rng = np.random.default_rng(3)
   bsz = 5
@@ -124,8 +126,9 @@ def test_peclr_rotate_then_undo_is_identity_and_identity_geo():
   # Identity geometry leaves z unchanged up to normalisation, for every transform.
   zero, ref = np.zeros(6), np.full(6, obj.REFERENCE_MARGIN)
   for norm in ("reference", "crop"):
-    out = peclr_undo(z, zero, np.zeros((6, 2)), np.full(6, 200.0), ref, ("translate", "rotate", "scale"),
-                         translation_norm=norm)
+    out = peclr_undo(
+      z, zero, np.zeros((6, 2)), np.full(6, 200.0), ref, ("translate", "rotate", "scale"), translation_norm=norm
+    )
     np.testing.assert_allclose(out, _unit(z), atol=1e-6)
 
 
@@ -146,8 +149,12 @@ def test_peclr_stop_gradients():
   assert np.abs(num - auto).max() > 1e-3
   # Full loss: finite gradients.
   z1, z2 = rng.normal(size=(2, 8, 128)).astype(np.float32)
-  geo = {"angle": rng.uniform(-1, 1, 8), "jitter_px": rng.uniform(-14, 14, (8, 2)), "side": np.full(8, 150.0),
-         "margin": rng.uniform(0.9, 1.5, 8)}
+  geo = {
+    "angle": rng.uniform(-1, 1, 8),
+    "jitter_px": rng.uniform(-14, 14, (8, 2)),
+    "side": np.full(8, 150.0),
+    "margin": rng.uniform(0.9, 1.5, 8),
+  }
   grad = jax.jit(jax.grad(obj.peclr_loss), static_argnames="transforms")
   g = grad(z1, z2, geo, geo, transforms=("translate", "rotate", "scale"))
   assert np.isfinite(g).all()
@@ -180,22 +187,36 @@ def test_peclr_argument_errors():
 # ---------------------------------------------------------------------------------------------------------------------
 # Relative
 
+
 def test_relative_targets_sign_and_wrap():
   deg = np.deg2rad
-  p1 = {"angle": deg(np.array([170.0, 10.0, -180.0])), "jitter_px": np.array([[4.0, 0.0], [0.0, 2.0], [1.0, 1.0]]),
-        "side": np.array([100.0, 200.0, 50.0]), "margin": np.array([1.5, 1.0, 1.2]),
-        "color": np.array([[0.5, 0.2, 1.0, 20.0], [0.1, 0.1, 0.5, 5.0], [0.0, 0.0, 0.0, 0.0]])}
-  p2 = {"angle": deg(np.array([-170.0, 30.0, 0.0])), "jitter_px": np.array([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
-        "side": np.array([50.0, 100.0, 50.0]), "margin": np.array([1.0, 1.0, 1.2]),
-        "color": np.array([[0.25, 0.2, 0.5, 5.0], [0.1, 0.1, 0.5, 5.0], [0.0, 0.0, 0.0, 0.0]])}
+  p1 = {
+    "angle": deg(np.array([170.0, 10.0, -180.0])),
+    "jitter_px": np.array([[4.0, 0.0], [0.0, 2.0], [1.0, 1.0]]),
+    "side": np.array([100.0, 200.0, 50.0]),
+    "margin": np.array([1.5, 1.0, 1.2]),
+    "color": np.array([[0.5, 0.2, 1.0, 20.0], [0.1, 0.1, 0.5, 5.0], [0.0, 0.0, 0.0, 0.0]]),
+  }
+  p2 = {
+    "angle": deg(np.array([-170.0, 30.0, 0.0])),
+    "jitter_px": np.array([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+    "side": np.array([50.0, 100.0, 50.0]),
+    "margin": np.array([1.0, 1.0, 1.2]),
+    "color": np.array([[0.25, 0.2, 0.5, 5.0], [0.1, 0.1, 0.5, 5.0], [0.0, 0.0, 0.0, 0.0]]),
+  }
   t = obj.relative_targets(p1, p2, ("rotate", "crop", "scale", "color_jitter"))
-  assert {k: v.shape for k, v in t.items()} == {"rotate": (3, 1), "crop": (3, 2), "scale": (3, 1),
-                                                "color_jitter": (3, 4)}
+  assert {k: v.shape for k, v in t.items()} == {
+    "rotate": (3, 1),
+    "crop": (3, 2),
+    "scale": (3, 1),
+    "color_jitter": (3, 4),
+  }
   assert {k: v.shape[1] for k, v in t.items()} == {k: obj.RELATIVE_DIMS[k] for k in t}
   # 170° − (−170°) = 340° wraps to −20°; 10° − 30° = −20°; −180° is π (the interval is (−π, π]).
   np.testing.assert_allclose(t["rotate"][:, 0], [-0.349066, -0.349066, np.pi], atol=1e-6)
-  np.testing.assert_allclose(obj.relative_targets(p2, p1, ("rotate",))["rotate"][:2, 0], [0.349066, 0.349066],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    obj.relative_targets(p2, p1, ("rotate",))["rotate"][:2, 0], [0.349066, 0.349066], atol=1e-6
+  )
   np.testing.assert_allclose(t["crop"], [[0.0, 0.0], [0.0, 0.01], [0.0, 0.0]], atol=1e-7)  # fractions of the crop
   np.testing.assert_allclose(t["scale"][:, 0], [np.log(1.5), 0.0, 0.0], atol=1e-7)
   np.testing.assert_allclose(t["color_jitter"][0], [0.25, 0.0, 1.0, 1.0], atol=1e-7)  # bias 15 / 15
@@ -210,15 +231,23 @@ def test_relative_targets_sign_and_wrap():
 
 def test_relative_loss_uncertainty_weighting():
   rng = np.random.default_rng(7)
-  targets = {"rotate": np.deg2rad([[-179.0], [10.0]]), "crop": rng.normal(size=(2, 2)),
-             "color_jitter": rng.normal(size=(2, 4))}
-  preds = {"rotate": np.deg2rad([[179.0], [13.0]]), "crop": rng.normal(size=(2, 2)),
-           "color_jitter": rng.normal(size=(2, 4))}
+  targets = {
+    "rotate": np.deg2rad([[-179.0], [10.0]]),
+    "crop": rng.normal(size=(2, 2)),
+    "color_jitter": rng.normal(size=(2, 4)),
+  }
+  preds = {
+    "rotate": np.deg2rad([[179.0], [13.0]]),
+    "crop": rng.normal(size=(2, 2)),
+    "color_jitter": rng.normal(size=(2, 4)),
+  }
   s = {"rotate": 0.3, "crop": -0.2, "color_jitter": 0.0}
   total, losses = jax.jit(obj.relative_loss)(preds, targets, s)
-  want = {"rotate": np.deg2rad(2.5),  # 179° vs −179° is a 2° error, 13° vs 10° a 3° one
-          "crop": np.abs(targets["crop"] - preds["crop"]).mean(),
-          "color_jitter": np.abs(targets["color_jitter"] - preds["color_jitter"]).mean()}
+  want = {
+    "rotate": np.deg2rad(2.5),  # 179° vs −179° is a 2° error, 13° vs 10° a 3° one
+    "crop": np.abs(targets["crop"] - preds["crop"]).mean(),
+    "color_jitter": np.abs(targets["color_jitter"] - preds["color_jitter"]).mean(),
+  }
   for k in want:
     np.testing.assert_allclose(losses[k], want[k], rtol=1e-5)
   np.testing.assert_allclose(total, sum(want[k] / np.exp(s[k]) + s[k] for k in want), rtol=1e-5)

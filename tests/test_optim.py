@@ -14,23 +14,37 @@ from peclr_jax import models, optim
 
 
 def _cfg(**kw):
-  base = dict(optimizer="lars", base_lr=0.1, lr_rule="none", batch_size=64, accum_steps=1, weight_decay=0.1,
-              warmup_steps=2, momentum=0.9, trust_coefficient=None)
+  base = dict(
+    optimizer="lars",
+    base_lr=0.1,
+    lr_rule="none",
+    batch_size=64,
+    accum_steps=1,
+    weight_decay=0.1,
+    warmup_steps=2,
+    momentum=0.9,
+    trust_coefficient=None,
+  )
   return ml_collections.ConfigDict({**base, **kw})
 
 
 def _closed_form(peak, warmup, total):
   """Linear 0 → peak over `warmup` steps, then ½·peak·(1 + cos(π(s−W)/(T−W))), 0 after T."""
+
   def lr(s):
     if s < warmup:
       return peak * s / warmup
     return 0.5 * peak * (1 + math.cos(math.pi * min(s - warmup, total - warmup) / (total - warmup)))
+
   return lr
 
 
 # A toy tree shaped like a conv net: kernels (masked: decayed and adapted), BN scale/bias and a Dense bias (not).
-SHAPES = {"conv": {"kernel": (3, 3, 2, 4)}, "bn": {"scale": (4,), "bias": (4,)},
-          "dense": {"kernel": (4, 5), "bias": (5,)}}
+SHAPES = {
+  "conv": {"kernel": (3, 3, 2, 4)},
+  "bn": {"scale": (4,), "bias": (4,)},
+  "dense": {"kernel": (4, 5), "bias": (5,)},
+}
 
 
 def _toy(seed=0, steps=5):
@@ -59,9 +73,10 @@ def _run(tx, params, grads, treedef):
 def test_decay_mask_hits_exactly_the_kernels():
   enc, head = models.ResNet(depth=18, width=8), models.ProjectionHead()
   x = jnp.zeros((1, 32, 32, 3))
-  params = {"encoder": jax.eval_shape(functools.partial(enc.init, train=False), jax.random.key(0), x)["params"],
-            "head": jax.eval_shape(functools.partial(head.init, train=False), jax.random.key(0), jnp.zeros((1, 64)))[
-                "params"]}
+  params = {
+    "encoder": jax.eval_shape(functools.partial(enc.init, train=False), jax.random.key(0), x)["params"],
+    "head": jax.eval_shape(functools.partial(head.init, train=False), jax.random.key(0), jnp.zeros((1, 64)))["params"],
+  }
   flat = jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))
   assert all(isinstance(m, bool) for _, m in flat)
   by_name = {}
@@ -71,8 +86,11 @@ def test_decay_mask_hits_exactly_the_kernels():
   # 20 convolutions (stem + 16 in blocks + 3 down-samples) and the head's two Dense layers.
   assert sum(m for _, m in flat) == 22
   # The same rule on concrete arrays, including a 0-d leaf (e.g. an uncertainty weight).
-  assert optim.decay_mask({"w": jnp.ones((2, 3)), "b": jnp.ones(3), "s": jnp.zeros(())}) == {"w": True, "b": False,
-                                                                                              "s": False}
+  assert optim.decay_mask({"w": jnp.ones((2, 3)), "b": jnp.ones(3), "s": jnp.zeros(())}) == {
+    "w": True,
+    "b": False,
+    "s": False,
+  }
 
 
 @pytest.mark.parametrize("rule,peak", [("sqrt", 1e-4 * math.sqrt(2048)), ("linear", 1e-4 * 8), ("none", 1e-4)])
@@ -165,7 +183,7 @@ def test_multisteps_equals_one_step_on_mean_gradient(name):
   np.testing.assert_allclose([sched(3), ref_sched(3)], _closed_form(0.1 * 64 / 256, 0, 10)(3), rtol=1e-6)
 
   traj, state = _run(tx, params, grads, treedef)
-  means = [[np.mean([g[i] for g in grads[j:j + k]], axis=0) for i in range(len(params))] for j in (0, k)]
+  means = [[np.mean([g[i] for g in grads[j : j + k]], axis=0) for i in range(len(params))] for j in (0, k)]
   want, _ = _run(ref, params, means, treedef)
   for t in range(len(grads)):
     expected = params if t < k - 1 else want[0] if t < 2 * k - 1 else want[1]  # updates only every 4th call
@@ -179,8 +197,13 @@ def test_multisteps_equals_one_step_on_mean_gradient(name):
 
 def test_make_from_default_config():
   cfg = optim.default_config()
-  assert (cfg.optimizer, cfg.base_lr, cfg.lr_rule, cfg.weight_decay, cfg.warmup_epochs) == ("lars_adam", 1e-4, "sqrt",
-                                                                                            1e-6, 10)
+  assert (cfg.optimizer, cfg.base_lr, cfg.lr_rule, cfg.weight_decay, cfg.warmup_epochs) == (
+    "lars_adam",
+    1e-4,
+    "sqrt",
+    1e-6,
+    10,
+  )
   tx, sched = optim.make(cfg, total_steps=8656, steps_per_epoch=86)
   peak = 1e-4 * math.sqrt(128 * 16)
   np.testing.assert_allclose([sched(0), sched(430), sched(860), sched(8656)], [0, peak / 2, peak, 0], atol=1e-9)

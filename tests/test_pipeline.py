@@ -82,7 +82,7 @@ MARKERS = [(30, 20, 1, 1), (84, 24, 2, 2), (40, 66, 3, 3), (95, 60, 1, 2), (62, 
 def marker_sample(box=None):
   image = np.zeros((H, W, 3), np.uint8)
   for x0, y0, w, h in MARKERS:
-    image[y0:y0 + h, x0:x0 + w] = 255
+    image[y0 : y0 + h, x0 : x0 + w] = 255
   uv = np.array([[x0 + w / 2, y0 + h / 2] for x0, y0, w, h in MARKERS], np.float32)
   box = np.array([*uv.min(0), *uv.max(0)] if box is None else box, np.float32)
   K = np.array([[200.0, 0, 60], [0, 210, 45], [0, 0, 1]], np.float32)
@@ -93,17 +93,20 @@ def centroid(img, uv, r):
   """Intensity-weighted centroid of the (2r+1)^2 pixels around uv (pixel i has centre i + 0.5); and the mass."""
   g = img.astype(np.float64).mean(-1)
   cx, cy = int(np.floor(uv[0])), int(np.floor(uv[1]))
-  ys, xs = np.mgrid[cy - r:cy + r + 1, cx - r:cx + r + 1]
+  ys, xs = np.mgrid[cy - r : cy + r + 1, cx - r : cx + r + 1]
   w = g[ys, xs]
   return np.array([(w * (xs + 0.5)).sum(), (w * (ys + 0.5)).sum()]) / w.sum(), w.sum()
 
 
-@pytest.mark.parametrize("size,margin,box", [
+@pytest.mark.parametrize(
+  "size,margin,box",
+  [
     (128, 1.5, None),  # upscaled
     (40, 1.3, None),  # downscaled (area-filtered)
     (96, 1.3, (20, 10, 70, 85)),  # taller than wide, markers off-centre
     (64, 2.0, (50, 30, 100, 50)),  # wider than tall
-])
+  ],
+)
 def test_crop_moves_markers_to_uv(size, margin, box):
   s = marker_sample(box)
   out = pipeline.crop(s, size, margin)
@@ -151,8 +154,12 @@ def test_crop_transform_geometry(size, margin, box):
 def test_crop_pads_outside_the_image_with_black():
   size, margin, box = 64, 1.5, (-20.0, -10.0, 30.0, 30.0)  # square side 75: leaves the image left, top and bottom
   h, w = 40, 60
-  s = dict(image=np.full((h, w, 3), 255, np.uint8), uv=np.zeros((21, 2), np.float32),
-           box=np.array(box, np.float32), K=np.eye(3, dtype=np.float32))
+  s = dict(
+    image=np.full((h, w, 3), 255, np.uint8),
+    uv=np.zeros((21, 2), np.float32),
+    box=np.array(box, np.float32),
+    K=np.eye(3, dtype=np.float32),
+  )
   out = pipeline.crop(s, size, margin)["image"]
   scale = size / (50 * margin)
   ij = (np.arange(size) + 0.5 - size / 2) / scale  # pixel centres in the source, relative to the box centre
@@ -184,9 +191,14 @@ def test_decode_and_flip():
   np.testing.assert_array_equal(g, np.repeat(a[..., :1], 3, -1))
 
 
-@pytest.mark.parametrize("data", [
+@pytest.mark.parametrize(
+  "data",
+  [
     encoded(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), "JPEG")[:3000],  # truncated
-    b"this is not an image", b""])
+    b"this is not an image",
+    b"",
+  ],
+)
 def test_decode_errors_name_the_file(data):
   with pytest.raises(common.DataError, match="/data/x/00000042.jpg"):
     pipeline.decode(record(data))
@@ -198,9 +210,17 @@ def test_batch_shapes_and_content(src):
   (b,) = take(make(src, B, size=size, margin=margin, shuffle=False), 1)
   kinds = {k: (v.dtype, v.shape) for k, v in b.items()}
   assert kinds == dict(
-      image=(np.uint8, (B, size, size, 3)), xyz=(np.float32, (B, 21, 3)), uv=(np.float32, (B, 21, 2)),
-      valid=(np.bool_, (B, 21)), has_xyz=(np.bool_, (B,)), K=(np.float32, (B, 3, 3)), scale=(np.float32, (B,)),
-      id=(np.int64, (B,)), index=(np.int64, (B,)), flip=(np.bool_, (B,)))
+    image=(np.uint8, (B, size, size, 3)),
+    xyz=(np.float32, (B, 21, 3)),
+    uv=(np.float32, (B, 21, 2)),
+    valid=(np.bool_, (B, 21)),
+    has_xyz=(np.bool_, (B,)),
+    K=(np.float32, (B, 3, 3)),
+    scale=(np.float32, (B,)),
+    id=(np.int64, (B,)),
+    index=(np.int64, (B,)),
+    flip=(np.bool_, (B,)),
+  )
   np.testing.assert_array_equal(b["index"], np.arange(B))
   for j in range(B):
     np.testing.assert_array_equal(b["xyz"][j], src[j]["xyz"])
@@ -256,9 +276,16 @@ def test_state_resumes_exactly(src):
     it.close()
 
 
-@pytest.mark.parametrize("count,G,epochs,drop", [
-    (2, 8, None, True), (4, 8, None, True),  # 7 x 8 > 48 records: crosses an epoch
-    (2, 10, 1, False), (4, 20, 1, False), (2, 10, 2, False)])  # a partial last global batch (of 8, 8, 6)
+@pytest.mark.parametrize(
+  "count,G,epochs,drop",
+  [
+    (2, 8, None, True),
+    (4, 8, None, True),  # 7 x 8 > 48 records: crosses an epoch
+    (2, 10, 1, False),
+    (4, 20, 1, False),
+    (2, 10, 2, False),
+  ],
+)  # a partial last global batch (of 8, 8, 6)
 def test_block_sharding_rebuilds_the_global_batch(src, count, G, epochs, drop):
   n = 7 if epochs is None else None
   kw = dict(seed=3, num_epochs=epochs, drop_remainder=drop)
@@ -269,7 +296,7 @@ def test_block_sharding_rebuilds_the_global_batch(src, count, G, epochs, drop):
   for g, f in zip(glued, full):
     np.testing.assert_array_equal(g, f["index"])
   for p in parts:
-    assert all(len(b["index"]) == G // count for b in p[:len(full) - 1])
+    assert all(len(b["index"]) == G // count for b in p[: len(full) - 1])
 
 
 def test_workers_give_the_same_batches(src):

@@ -63,8 +63,9 @@ def test_bfloat16_loss_curve_is_within_the_noise_of_float32(data_root, tmp_path)
   state = jax.tree.leaves((bf16.state.params, bf16.state.opt_state))
   assert {x.dtype for x in state if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
   variables = {"params": bf16.state.params, "batch_stats": bf16.state.batch_stats}
-  _, inter = pretrain.Pretrainer(c.model, "peclr").apply(variables, jnp.zeros((2, 32, 32, 3)), train=False,
-                                                          capture_intermediates=lambda m, _: isinstance(m, nn.Conv))
+  _, inter = pretrain.Pretrainer(c.model, "peclr").apply(
+    variables, jnp.zeros((2, 32, 32, 3)), train=False, capture_intermediates=lambda m, _: isinstance(m, nn.Conv)
+  )
   assert {x.dtype for x in jax.tree.leaves(inter)} == {jnp.dtype(jnp.bfloat16)}  # the convolutions ran in bf16
   assert np.isfinite(loss_bf16).all()
   gap, noise = np.abs(loss_bf16 - loss_fp32).mean(), np.abs(np.diff(loss_fp32)).mean()
@@ -103,8 +104,9 @@ def test_gradient_accumulation_updates_every_k_steps(data_root, tmp_path):
   """optax.MultiSteps (the reference's 16 x 128): the model changes only on every accum_steps-th step."""
   c = tiny(data_root, "simclr", total_steps=2, **{"optim.accum_steps": 2})
   one = pretrain.train(c, str(tmp_path / "a"), progress=False, stop_at=1)
-  zero = pretrain.train(tiny(data_root, "simclr", total_steps=1), str(tmp_path / "b"), freeze_encoder=True,
-                        progress=False)  # frozen = the initial encoder
+  zero = pretrain.train(
+    tiny(data_root, "simclr", total_steps=1), str(tmp_path / "b"), freeze_encoder=True, progress=False
+  )  # frozen = the initial encoder
   two = pretrain.train(c, str(tmp_path / "a"), progress=False)
   init, after1, after2 = (jax.tree.leaves(r.state.params["encoder"]) for r in (zero, one, two))
   assert all(np.array_equal(a, b) for a, b in zip(init, after1))
@@ -113,21 +115,27 @@ def test_gradient_accumulation_updates_every_k_steps(data_root, tmp_path):
 
 def test_nan_stops_with_a_clear_message_and_keeps_last_good_checkpoint(data_root, tmp_path):
   c = tiny(data_root, "simclr", total_steps=6, log_every=1, ckpt_every=1, **{"optim.optimizer": "sgd"})
-  pretrain.train(tiny(data_root, "simclr", total_steps=1, log_every=1, ckpt_every=1,
-                      **{"optim.optimizer": "sgd"}), str(tmp_path), progress=False)
+  pretrain.train(
+    tiny(data_root, "simclr", total_steps=1, log_every=1, ckpt_every=1, **{"optim.optimizer": "sgd"}),
+    str(tmp_path),
+    progress=False,
+  )
   c.optim.base_lr = 1e30  # the next update overflows
   with pytest.raises(TrainingError, match=r"non-finite .* at step 2.*Last good checkpoint: step 1"):
     pretrain.train(c, str(tmp_path), progress=False)
   from peclr_jax import checkpoint
+
   assert checkpoint.manager(str(tmp_path)).latest_step() == 1
 
 
 def test_frozen_encoder_trains_only_the_probe(data_root, tmp_path):
   """Two frozen runs of different lengths keep the same (initial) encoder while their probes differ."""
-  one = pretrain.train(tiny(data_root, "peclr", total_steps=1), str(tmp_path / "a"), freeze_encoder=True,
-                       progress=False)
-  three = pretrain.train(tiny(data_root, "peclr", total_steps=3), str(tmp_path / "b"), freeze_encoder=True,
-                         progress=False)
+  one = pretrain.train(
+    tiny(data_root, "peclr", total_steps=1), str(tmp_path / "a"), freeze_encoder=True, progress=False
+  )
+  three = pretrain.train(
+    tiny(data_root, "peclr", total_steps=3), str(tmp_path / "b"), freeze_encoder=True, progress=False
+  )
   for part in ("encoder", "proj"):
     for a, b in zip(jax.tree.leaves(one.state.params[part]), jax.tree.leaves(three.state.params[part])):
       np.testing.assert_array_equal(a, b)
@@ -135,24 +143,36 @@ def test_frozen_encoder_trains_only_the_probe(data_root, tmp_path):
   assert any(not np.array_equal(a, b) for a, b in zip(p1, p3))
 
 
-@pytest.mark.parametrize("override, message", [("--config.batch_sizee=4", "batch_sizee"),
-                                               ("--config.batch_size=abc", "invalid literal")])
+@pytest.mark.parametrize(
+  "override, message", [("--config.batch_sizee=4", "batch_sizee"), ("--config.batch_size=abc", "invalid literal")]
+)
 def test_bad_command_lines_fail_before_any_work(override, message, tmp_path):
   import subprocess
   import sys
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:peclr,tiny",
-         f"--workdir={tmp_path / 'w'}", override]
+  cmd = [
+    sys.executable,
+    "-m",
+    "peclr_jax.pretrain",
+    "--config=pretrain:peclr,tiny",
+    f"--workdir={tmp_path / 'w'}",
+    override,
+  ]
   r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
   assert r.returncode != 0 and message in r.stderr + r.stdout
   assert "Traceback" not in r.stderr
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("key, value, message", [("model.dtype", "float16", "config.model.dtype='float16'"),
-                                                ("model.conv", "fast", "config.model.conv='fast'"),
-                                                ("augment.ops", ("rotate", "spin"), "'spin'")])
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("model.dtype", "float16", "config.model.dtype='float16'"),
+    ("model.conv", "fast", "config.model.conv='fast'"),
+    ("augment.ops", ("rotate", "spin"), "'spin'"),
+  ],
+)
 def test_bad_config_values_fail_before_any_work(key, value, message, tmp_path):
   import re
 
@@ -183,8 +203,15 @@ def test_bad_dataset_is_one_line_naming_the_file(problem, data_root, tmp_path):
     with open(path, "w") as f:
       json.dump(xyz[:-1], f)  # one label short
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:peclr,tiny",
-         f"--workdir={tmp_path / 'w'}", "--config.data.name=freihand", f"--config.data.root={root}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "peclr_jax.pretrain",
+    "--config=pretrain:peclr,tiny",
+    f"--workdir={tmp_path / 'w'}",
+    "--config.data.name=freihand",
+    f"--config.data.root={root}",
+  ]
   r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
   assert r.returncode == 1 and "Traceback" not in r.stderr
   (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]

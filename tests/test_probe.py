@@ -50,15 +50,17 @@ def encoder(data_root, tmp_path_factory):
 def linear_run(data_root, encoder, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("linear"))
   # A 2-step probe from the zero head predicts nearly one point for every joint; the depth checks need a spread.
-  result, reports = probe.run(tiny_probe(data_root, encoder=encoder, **{"head.zero_init": False}), workdir,
-                              progress=False)
+  result, reports = probe.run(
+    tiny_probe(data_root, encoder=encoder, **{"head.zero_init": False}), workdir, progress=False
+  )
   return workdir, result, reports["evaluation"]
 
 
 def _batch(data_root, n=8, size=40):
   src = freihand.FreiHand(data_root, "training")
-  b = next(iter(pipeline.dataset(src, n, size=size, margin=1.6, shuffle=False, num_epochs=1, process_index=0,
-                                 process_count=1)))
+  b = next(
+    iter(pipeline.dataset(src, n, size=size, margin=1.6, shuffle=False, num_epochs=1, process_index=0, process_count=1))
+  )
   return {k: b[k] for k in probe.DEVICE_KEYS}
 
 
@@ -89,8 +91,7 @@ def test_keypoint_loss_matches_numpy():
   valid = rng.random((n, 21)) > 0.3
   has_xyz = np.array([1, 1, 0, 1, 1], bool)
   kp = tiny_probe("unused").keypoints
-  total, m = keypoints.loss(jax.tree.map(jnp.asarray, pred), uv, dict(z_rel=z_rel, z_root=z_root), valid,
-                                 has_xyz, kp)
+  total, m = keypoints.loss(jax.tree.map(jnp.asarray, pred), uv, dict(z_rel=z_rel, z_root=z_root), valid, has_xyz, kp)
   uv_l1 = np.abs(pred["uv"] - uv)[valid].mean()  # mean over valid joints and both coordinates
   v3 = valid & has_xyz[:, None]
   z_l1 = np.abs(pred["z_rel"] - z_rel)[v3].mean()
@@ -135,8 +136,15 @@ def test_round_trip_reports_match_an_independent_computation(linear_run, data_ro
   assert [r["step"] for r in rows] == [2, 4]
   for key in ("loss", "uv_l1", "z_l1", "epe_2d_px", "epe_3d_mm", "lr", "images_per_s"):
     assert np.isfinite(rows[-1][key])
-  for name in ("eval_evaluation.json", "eval_evaluation.md", "pck_evaluation.png", "skeletons_evaluation.png",
-               "pred_evaluation.json", "pred_evaluation.zip", "probe.json"):
+  for name in (
+    "eval_evaluation.json",
+    "eval_evaluation.md",
+    "pck_evaluation.png",
+    "skeletons_evaluation.png",
+    "pred_evaluation.json",
+    "pred_evaluation.zip",
+    "probe.json",
+  ):
     assert os.path.isfile(os.path.join(workdir, name)), name
   # The grid shows the model's 32 px input crops (the frame of the drawn uv), enlarged 4x, 4 x 4 of them.
   with Image.open(os.path.join(workdir, "skeletons_evaluation.png")) as im:
@@ -198,8 +206,10 @@ def test_linear_probe_keeps_the_encoder_frozen_and_finetune_moves_it(linear_run,
     for a, b in zip(jax.tree.leaves(loaded[col]), jax.tree.leaves(trained.__getattribute__(col)["encoder"])):
       np.testing.assert_array_equal(a, b)
   r = probe.train(tiny_probe(data_root, "finetune", encoder=encoder, total_steps=2), str(tmp_path), progress=False)
-  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(loaded["params"]),
-                                                  jax.tree.leaves(jax.device_get(r.state.params["encoder"])))]
+  moved = [
+    not np.allclose(a, b)
+    for a, b in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(jax.device_get(r.state.params["encoder"])))
+  ]
   assert all(moved)
 
 
@@ -274,8 +284,9 @@ def test_random_init_frozen_encoder_gets_batchnorm_statistics(data_root, tmp_pat
 
 
 def test_mlp_head_and_root_refinement_train(data_root, encoder, tmp_path):
-  c = tiny_probe(data_root, "mlp", encoder=encoder, **{"keypoints.refine_root": True, "keypoints.root": "palm",
-                                                        "total_steps": 2})
+  c = tiny_probe(
+    data_root, "mlp", encoder=encoder, **{"keypoints.refine_root": True, "keypoints.root": "palm", "total_steps": 2}
+  )
   r = probe.train(c, str(tmp_path), progress=False)
   assert "refiner" in r.state.params and "fc1" in r.state.params["head"]
   assert np.isfinite(r.metrics[-1]["root_l1"])
@@ -301,8 +312,9 @@ def test_encoder_of_another_architecture_is_a_clear_error(data_root, encoder, tm
     probe.train(tiny_probe(data_root, encoder=str(tmp_path)), str(tmp_path / "w"), progress=False)
 
 
-@pytest.mark.parametrize("mode, encoder, match", [("finetune", "", "needs --config.encoder"),
-                                                  ("scratch", "x", "random init")])
+@pytest.mark.parametrize(
+  "mode, encoder, match", [("finetune", "", "needs --config.encoder"), ("scratch", "x", "random init")]
+)
 def test_mode_and_encoder_must_agree(mode, encoder, match, data_root, tmp_path):
   with pytest.raises(TrainingError, match=match):
     probe.train(tiny_probe(data_root, mode, encoder=encoder), str(tmp_path), progress=False)
@@ -323,11 +335,15 @@ def test_nan_loss_stops_with_the_step(data_root, tmp_path):
 
 def test_command_line_errors_are_one_line(tmp_path):
   def run(*args):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run(
+      [sys.executable, "-m", *args],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
 
-  r = run("peclr_jax.probe", "--config=probe:linear,tiny", "--config.head.kynd=mlp",
-          f"--workdir={tmp_path}")
+  r = run("peclr_jax.probe", "--config=probe:linear,tiny", "--config.head.kynd=mlp", f"--workdir={tmp_path}")
   assert r.returncode != 0 and "kynd" in r.stderr and "Traceback" not in r.stderr
   r = run("peclr_jax.evaluate", f"--workdir={tmp_path}")
   assert r.returncode != 0 and "no checkpoints" in r.stderr and "Traceback" not in r.stderr
@@ -338,16 +354,27 @@ def test_command_line_errors_are_one_line(tmp_path):
 def test_hourglass_pretrains_and_is_trained_directly_downstream(data_root, tmp_path):
   """The hourglass as a PeCLR encoder (its 63-d pose into the projection head), then its own 2.5-D output trained."""
   small = {"augment.out_size": 16, "data.host_size": 20}  # a 4x4 map after the stem: 2 halvings, a faster compile
-  c = _set(configs.load("pretrain:peclr,tiny"), **{"data.root": data_root, "total_steps": 1,
-                                                               "model.name": "hourglass", "model.stacks": 1, **small})
+  c = _set(
+    configs.load("pretrain:peclr,tiny"),
+    **{"data.root": data_root, "total_steps": 1, "model.name": "hourglass", "model.stacks": 1, **small},
+  )
   pretrain.train(c, str(tmp_path / "pre"), progress=False)
-  p = tiny_probe(data_root, "finetune", encoder=str(tmp_path / "pre"), total_steps=1,
-                 **{"model.name": "hourglass", "model.stacks": 1, "head.kind": "direct", **small})
+  p = tiny_probe(
+    data_root,
+    "finetune",
+    encoder=str(tmp_path / "pre"),
+    total_steps=1,
+    **{"model.name": "hourglass", "model.stacks": 1, "head.kind": "direct", **small},
+  )
   r = probe.train(p, str(tmp_path / "ft"), progress=False)
   assert "head" not in r.state.params and np.isfinite(r.metrics[-1]["loss"])
   # Two stacks from scratch: the first stack is supervised too.
-  p = tiny_probe(data_root, "scratch", total_steps=1, **{"model.name": "hourglass", "model.stacks": 2,
-                                                         "head.kind": "direct", **small})
+  p = tiny_probe(
+    data_root,
+    "scratch",
+    total_steps=1,
+    **{"model.name": "hourglass", "model.stacks": 2, "head.kind": "direct", **small},
+  )
   m = probe.train(p, str(tmp_path / "hg2"), progress=False).metrics[-1]
   assert m["loss"] > m["uv_l1"] + 5 * m["z_l1"] and m["intermediate_loss"] > 0
   with pytest.raises(ConfigError, match="expected config.model.name='hourglass'"):

@@ -37,6 +37,9 @@ def test_the_main_command_parses_with_the_main_jobs_flags():
 
 
 def test_one_ruff_version_everywhere():
-  pins = {re.search(r"ruff==([\d.]+)", _read("setup.cfg"))[1], re.search(r"ruff==([\d.]+)", _read(".ci", "run"))[1],
-          re.search(r"ruff-pre-commit\s+rev: v([\d.]+)", _read(".pre-commit-config.yaml"))[1]}
+  pins = {
+    re.search(r"ruff==([\d.]+)", _read("setup.cfg"))[1],
+    re.search(r"ruff==([\d.]+)", _read(".ci", "run"))[1],
+    re.search(r"ruff-pre-commit\s+rev: v([\d.]+)", _read(".pre-commit-config.yaml"))[1],
+  }
   assert len(pins) == 1, pins

@@ -41,13 +41,22 @@ def config(data_root, **overrides):
 
 
 def command(workdir, data_root, *extra):
-  return [sys.executable, "-m", "peclr_jax.pretrain", "--config=pretrain:peclr,tiny", f"--workdir={workdir}",
-          f"--config.data.root={data_root}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra]
+  return [
+    sys.executable,
+    "-m",
+    "peclr_jax.pretrain",
+    "--config=pretrain:peclr,tiny",
+    f"--workdir={workdir}",
+    f"--config.data.root={data_root}",
+    *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+    *extra,
+  ]
 
 
 def encoder_leaves(state):
-  return jax.tree.leaves(jax.device_get({"params": state.params["encoder"],
-                                         "batch_stats": state.batch_stats["encoder"]}))
+  return jax.tree.leaves(
+    jax.device_get({"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]})
+  )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +103,7 @@ def test_same_config_and_seed_give_the_same_run(data_root, reference, tmp_path):
 
 def test_sigterm_checkpoints_exits_cleanly_and_resumes(data_root, reference, tmp_path):
   w = str(tmp_path)
-  proc = subprocess.Popen(command(w, data_root), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  proc = subprocess.Popen(command(w, data_root), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     wait_for_step(proc, w, 3)
     proc.send_signal(signal.SIGTERM)
@@ -182,8 +190,11 @@ def test_too_little_free_space_fails_before_the_save(data_root, tmp_path, monkey
 
   usage = collections.namedtuple("usage", "total used free")
   monkeypatch.setattr(loop, "shutil", type("fake", (), {"disk_usage": lambda path: usage(2**30, 2**30, 2**19)}))
-  with pytest.raises(WriteError, match=r"checkpoint of step 1 under .*: 0\.5 MiB free, about .* MiB needed\. "
-                                                r"Last complete checkpoint: none"):
+  with pytest.raises(
+    WriteError,
+    match=r"checkpoint of step 1 under .*: 0\.5 MiB free, about .* MiB needed\. "
+    r"Last complete checkpoint: none",
+  ):
     pretrain.train(config(data_root), str(tmp_path), progress=False)
   assert real.disk_usage(str(tmp_path)).free > 2**19 and not glob.glob(str(tmp_path / "checkpoints" / "*"))
 
@@ -191,8 +202,11 @@ def test_too_little_free_space_fails_before_the_save(data_root, tmp_path, monkey
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_for_metrics_is_one_clear_error(data_root, tmp_path):
   os.symlink("/dev/full", tmp_path / "metrics.jsonl")  # every write fails with ENOSPC
-  with pytest.raises(TrainingError, match=r"could not write .*metrics.jsonl: .*No space left on device\. "
-                                                   r"Last complete checkpoint: none"):
+  with pytest.raises(
+    TrainingError,
+    match=r"could not write .*metrics.jsonl: .*No space left on device\. "
+    r"Last complete checkpoint: none",
+  ):
     pretrain.train(config(data_root), str(tmp_path), progress=False)
 
 

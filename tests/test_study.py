@@ -21,8 +21,10 @@ def test_objectives_pretrains_each_objective_with_its_default_augmentations():
   runs = study.objectives(cfg("objectives"))
   pre = {r.name: r for r in runs if r.kind == "pretrain"}
   assert {n: r.config for n, r in pre.items()} == {
-      "pretrain_simclr": "pretrain:simclr,tiny", "pretrain_peclr": "pretrain:peclr,tiny",
-      "pretrain_relative": "pretrain:relative,tiny"}
+    "pretrain_simclr": "pretrain:simclr,tiny",
+    "pretrain_peclr": "pretrain:peclr,tiny",
+    "pretrain_relative": "pretrain:relative,tiny",
+  }
   assert all("augment.ops" not in dict(r.overrides) for r in pre.values())  # the config's own (the papers' best)
   probes = {r.needs: r for r in runs if r.kind == "probe"}
   assert set(probes) == set(pre) | {""} and dict(probes[""].tags)["objective"] == "random init"
@@ -32,9 +34,17 @@ def test_ablation_runs_each_augmentation_with_the_objectives_that_differ():
   runs = study.ablation(cfg("ablation", augmentations=("crop", "rotate", "color_jitter", "blur")))
   pre = {r.name: dict(r.overrides) for r in runs if r.kind == "pretrain"}
   # PeCLR only for geometric augmentations, relative only for those with a head; SimCLR for all.
-  assert set(pre) == {"pretrain_simclr_crop", "pretrain_peclr_crop", "pretrain_relative_crop",
-                      "pretrain_simclr_rotate", "pretrain_peclr_rotate", "pretrain_relative_rotate",
-                      "pretrain_simclr_color_jitter", "pretrain_relative_color_jitter", "pretrain_simclr_blur"}
+  assert set(pre) == {
+    "pretrain_simclr_crop",
+    "pretrain_peclr_crop",
+    "pretrain_relative_crop",
+    "pretrain_simclr_rotate",
+    "pretrain_peclr_rotate",
+    "pretrain_relative_rotate",
+    "pretrain_simclr_color_jitter",
+    "pretrain_relative_color_jitter",
+    "pretrain_simclr_blur",
+  }
   assert pre["pretrain_peclr_rotate"]["augment.ops"] == ("rotate",)
   assert pre["pretrain_peclr_rotate"]["peclr.transforms"] == ("rotate",)
   assert pre["pretrain_relative_color_jitter"]["relative.transforms"] == ("color_jitter",)
@@ -77,9 +87,16 @@ def test_cross_dataset_pretrains_on_both_domains_probes_on_a_and_tests_on_b():
     assert test.kind == "evaluate" and test.needs == name and dict(test.overrides)["data_root"] == "/s/data_B"
     assert test.output("/s") == f"/s/{name}/eval_B_evaluation.json"
   assert runs["scratch"].needs == "" and runs["finetune_AB"].needs == "pretrain_peclr_AB"
-  assert runs["data_B"].command("/s")[3:] == ["--out=/s/data_B", "--train=32", "--eval=8", "--workers=1",
-                                              "--distance=0.5,0.8", "--skin=0.5,1.0",
-                                              "--backgrounds=clutter,noise,shapes", "--seed=2"]
+  assert runs["data_B"].command("/s")[3:] == [
+    "--out=/s/data_B",
+    "--train=32",
+    "--eval=8",
+    "--workers=1",
+    "--distance=0.5,0.8",
+    "--skin=0.5,1.0",
+    "--backgrounds=clutter,noise,shapes",
+    "--seed=2",
+  ]
 
 
 def test_supervised_pairs_scratch_and_finetune_per_model_and_fraction():
@@ -102,9 +119,11 @@ def test_commands_are_the_clis_with_literal_overrides():
 
 def test_a_failed_encoder_skips_its_probe_and_the_rest_goes_on(tmp_path):
   data = ("data.root", str(tmp_path / "data"))  # not the repository's data/synthetic
-  runs = [study.Run("bad", "pretrain", "pretrain:simclr,tiny", (("model.name", "resnet7"), data)),
-          study.Run("bad_probe", "probe", "probe:linear,tiny", (data,), needs="bad"),
-          study.Run("other", "pretrain", "pretrain:simclr,tiny", (("total_steps", 0), data))]
+  runs = [
+    study.Run("bad", "pretrain", "pretrain:simclr,tiny", (("model.name", "resnet7"), data)),
+    study.Run("bad_probe", "probe", "probe:linear,tiny", (data,), needs="bad"),
+    study.Run("other", "pretrain", "pretrain:simclr,tiny", (("total_steps", 0), data)),
+  ]
   lines = []
   failed = scheduler.execute(runs, str(tmp_path), parallel=2, log=lines.append, poll=0.1)
   assert set(failed) == {"bad", "bad_probe", "other"}  # total_steps=0 is an error too, but it did run
@@ -122,8 +141,10 @@ def test_sigterm_reaches_the_running_runs_and_starts_no_more(tmp_path):
 
   class Sleeper(study.Run):  # a run that, like the trainers, exits 143 on SIGTERM
     def command(self, root):
-      code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
-              "open(sys.argv[1], 'w').close(); time.sleep(60)")
+      code = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+        "open(sys.argv[1], 'w').close(); time.sleep(60)"
+      )
       return [sys.executable, "-c", code, str(tmp_path / f"{self.name}.started")]
 
   def terminate():
@@ -134,17 +155,26 @@ def test_sigterm_reaches_the_running_runs_and_starts_no_more(tmp_path):
   threading.Thread(target=terminate, daemon=True).start()
   lines, t0 = [], time.time()
   with pytest.raises(checkpoint.Preempted, match="SIGTERM received"):
-    scheduler.execute([Sleeper("a", "pretrain"), Sleeper("b", "pretrain")], str(tmp_path), parallel=1,
-                  log=lines.append, poll=0.05)
+    scheduler.execute(
+      [Sleeper("a", "pretrain"), Sleeper("b", "pretrain")], str(tmp_path), parallel=1, log=lines.append, poll=0.05
+    )
   assert "[stopped] a (exit 143)" in lines and time.time() - t0 < 30
   assert not (tmp_path / "b.started").exists()
 
 
 def test_study_runs_resumes_and_tabulates(tmp_path):
   root, data = tmp_path / "study", tmp_path / "data"
-  argv = [sys.executable, "-m", "peclr_jax.study", "--config=study:ablation,tiny", f"--workdir={root}",
-          "--config.parallel=2", "--config.augmentations=('crop',)", "--config.objectives=('simclr',)",
-          f"--config.data_overrides=(('data.root','{data}'),)"]
+  argv = [
+    sys.executable,
+    "-m",
+    "peclr_jax.study",
+    "--config=study:ablation,tiny",
+    f"--workdir={root}",
+    "--config.parallel=2",
+    "--config.augmentations=('crop',)",
+    "--config.objectives=('simclr',)",
+    f"--config.data_overrides=(('data.root','{data}'),)",
+  ]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def run():

@@ -30,7 +30,10 @@ def write_freihand(root):
     xyz = rng.uniform(-0.05, 0.05, (n, 21, 3))
     xyz[..., 2] += 0.5  # In front of the camera.
     K = np.tile([[380.0, 0, 112], [0, 381.0, 112], [0, 0, 1]], (n, 1, 1)) + rng.uniform(-2, 2, (n, 1, 1)) * [
-        [1, 0, 1], [0, 1, 1], [0, 0, 0]]
+      [1, 0, 1],
+      [0, 1, 1],
+      [0, 0, 0],
+    ]
     scale = np.linalg.norm(xyz[:, 9] - xyz[:, 10], axis=-1)
     images = []
     for i in range(n * versions):
@@ -61,7 +64,9 @@ def test_build_writes_array_record_without_tensorflow(built):
   files = sorted(os.listdir(d))
   assert "dataset_info.json" in files
   assert [f for f in files if ".array_record-" in f] == [
-      "freihand-evaluation.array_record-00000-of-00001", "freihand-train.array_record-00000-of-00001"]
+    "freihand-evaluation.array_record-00000-of-00001",
+    "freihand-train.array_record-00000-of-00001",
+  ]
   assert "tensorflow" not in sys.modules  # Neither building nor reading imports it.
   assert len(ptfds.TfdsSource(d, "train")) == N_IDS * N_VERSIONS
   assert len(ptfds.TfdsSource(d, "evaluation")) == N_EVAL

@@ -9,8 +9,15 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("peclr-main", "peclr-pretrain", "peclr-probe", "peclr-evaluate", "peclr-predict", "peclr-study",
-           "peclr-synthetic")
+SCRIPTS = (
+  "peclr-main",
+  "peclr-pretrain",
+  "peclr-probe",
+  "peclr-evaluate",
+  "peclr-predict",
+  "peclr-study",
+  "peclr-synthetic",
+)
 
 
 def _run(cmd, cwd, timeout=600):
@@ -47,7 +54,9 @@ def test_a_wheel_in_a_fresh_venv_runs_the_round_trip(tmp_path):
 
   data = f"--config.data.root={work / 'data'}"
   _run([str(env / "bin" / "peclr-pretrain"), "--config=pretrain:peclr,tiny", "--workdir=pre", data], work)
-  _run([str(env / "bin" / "peclr-probe"), "--config=probe:linear,tiny", "--config.encoder=pre", "--workdir=lin",
-        data], work)
+  _run(
+    [str(env / "bin" / "peclr-probe"), "--config=probe:linear,tiny", "--config.encoder=pre", "--workdir=lin", data],
+    work,
+  )
   out = _run([str(env / "bin" / "peclr-evaluate"), "--workdir=lin"], work)
   assert "| PA-EPE (mm) |" in out and (work / "lin" / "pred_evaluation.zip").is_file()

@@ -25,8 +25,10 @@ def split_arg(arg, kinds, default, default_size="full", what="KIND"):
   kind, _, size = (arg or default).partition(",")
   size = size or default_size
   if kind not in kinds or size not in SIZES:
-    raise ConfigError(f"config argument {arg!r}: expected {what}[,SIZE] with {what} one of {', '.join(kinds)} and "
-                      f"SIZE one of {', '.join(SIZES)}")
+    raise ConfigError(
+      f"config argument {arg!r}: expected {what}[,SIZE] with {what} one of {', '.join(kinds)} and "
+      f"SIZE one of {', '.join(SIZES)}"
+    )
   return kind, size
 
 
@@ -44,8 +46,10 @@ def path(name: str) -> str:
       spec = None
     if spec is not None and spec.origin and spec.origin.endswith(".py"):
       return spec.origin
-  raise ConfigError(f"--config={name!r}: no such file; expected a config file's path, a module, or one of "
-                    f"{', '.join(NAMES)} (peclr_jax/configs/)")
+  raise ConfigError(
+    f"--config={name!r}: no such file; expected a config file's path, a module, or one of "
+    f"{', '.join(NAMES)} (peclr_jax/configs/)"
+  )
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

@@ -27,24 +27,40 @@ def get_config(arg="peclr"):
   c.objective = objective
   c.seed = 5  # the reference's seed
 
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = ml_collections.ConfigDict(
+    dict(
       name="synthetic",  # inputs.SOURCES
       root="data/synthetic",  # dataset root; the synthetic set is rendered there when missing
-      synthetic_train=20000, synthetic_eval=1000, synthetic_seed=0,
+      synthetic_train=20000,
+      synthetic_eval=1000,
+      synthetic_seed=0,
       val_fraction=0.0,  # ids held out of pretraining (FreiHAND-style split over unique ids)
       mix_roots=(),  # more FreiHAND-layout roots mixed into the training split with equal weight
       host_size=160,  # host crop side (px); the in-jit augmentation crops and resizes from it
       host_margin=1.6,  # host crop side / hand box, leaves room for rotation, jitter and scale
-      workers=0, threads=4, skip_corrupt=False))
+      workers=0,
+      threads=4,
+      skip_corrupt=False,
+    )
+  )
 
   c.augment = augment.default_config()
   c.augment.ops = ("rotate", "crop", "scale", "color_jitter")  # the best PeCLR model's augmentations
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="resnet50", width=64, small_stem=False, zero_init_last_bn=False, stacks=2,  # stacks: hourglass only
-      proj_hidden=512, proj_out=128, rel_hidden=1024,
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="resnet50",
+      width=64,
+      small_stem=False,
+      zero_init_last_bn=False,
+      stacks=2,  # stacks: hourglass only
+      proj_hidden=512,
+      proj_out=128,
+      rel_hidden=1024,
       conv="auto",  # models.CONVS: xla, cpu (models/conv.py), auto (cpu on a CPU backend)
-      dtype="float32"))  # models.DTYPES: bfloat16 is mixed precision (params and optimiser state stay float32)
+      dtype="float32",
+    )
+  )  # models.DTYPES: bfloat16 is mixed precision (params and optimiser state stay float32)
 
   c.temperature = 0.5
   # objectives.PECLR_TRANSFORMS and TRANSLATION_NORMS; objectives.RELATIVE_TRANSFORMS.

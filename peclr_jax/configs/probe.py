@@ -33,17 +33,25 @@ def get_config(arg="linear"):
   c.label_fractions = (0.01, 0.1, 1.0)  # mode label_fraction: one run per fraction
   c.model = base.model  # must match the encoder's; checked when it is loaded
 
-  c.head = ml_collections.ConfigDict(dict(
+  c.head = ml_collections.ConfigDict(
+    dict(
       kind="mlp" if mode == "mlp" else "linear",  # keypoints.HEADS; mlp: Dense(hidden) -> BN -> ReLU -> Dense(63)
       hidden=512,
       zero_init=True,  # the linear head starts at the crop centre and z_rel 0 (big_vision's head_zeroinit)
-      feature_norm=True))  # affine-free BatchNorm on the features before the head (still linear at test time)
-  c.keypoints = ml_collections.ConfigDict(dict(
+      feature_norm=True,
+    )
+  )  # affine-free BatchNorm on the features before the head (still linear at test time)
+  c.keypoints = ml_collections.ConfigDict(
+    dict(
       bone="middle",  # geometry.BONES: middle (FreiHAND's scale bone, 9->10), index (Iqbal et al., 0->5)
       root="wrist",  # geometry.ROOTS: wrist, palm (midpoint of wrist and middle MCP, the released models')
       refine_root=False,  # the root-depth refinement MLP (reference §4.3)
       depth_range=(4.0, 50.0),  # clamp of the closed-form root depth, in bone lengths (the reference's, middle bone)
-      w_uv=1.0, w_z=5.0, w_root=1.0))  # loss weights 2D : z_rel : root = 1 : 5 : 1
+      w_uv=1.0,
+      w_z=5.0,
+      w_root=1.0,
+    )
+  )  # loss weights 2D : z_rel : root = 1 : 5 : 1
 
   c.augment = augment.default_config()
   c.augment.ops = ("rotate", "crop")  # the reference's --rotate --crop --resize; margin fixed, no colour

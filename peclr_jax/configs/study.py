@@ -30,8 +30,13 @@ def get_config(arg="ablation,cpu"):
   c.dry_run = False  # write commands.sh and the (partial) results only
   c.data_overrides = ()  # ((key, value), ...) applied to every run, e.g. (("data.root", "/data/freihand"),)
   # Steps per run (-1: the configs' epochs). cpu: sized so each study takes well under 60 minutes on 2 cores.
-  cpu_steps = {"objectives": (1500, 1000), "ablation": (100, 200), "composition": (100, 200),
-               "cross_dataset": (200, 200), "supervised": (100, 150)}[study]
+  cpu_steps = {
+    "objectives": (1500, 1000),
+    "ablation": (100, 200),
+    "composition": (100, 200),
+    "cross_dataset": (200, 200),
+    "supervised": (100, 150),
+  }[study]
   c.pretrain_steps, c.probe_steps = {"full": (-1, -1), "cpu": cpu_steps, "tiny": (2, 2)}[size]
   if size == "cpu":
     c.parallel = 2  # one run's compile overlaps the other's steps
@@ -49,8 +54,9 @@ def get_config(arg="ablation,cpu"):
   c.domain_train, c.domain_eval = {"full": (32000, 4000), "cpu": (2000, 500), "tiny": (32, 8)}[size]
   c.cross_probe_modes = ("linear", "finetune")
   # Study 4.
-  c.models = ("resnet18", "resnet50", "resnet152", "hourglass") if size == "full" else ("resnet18", "resnet50",
-                                                                                        "hourglass")
+  c.models = (
+    ("resnet18", "resnet50", "resnet152", "hourglass") if size == "full" else ("resnet18", "resnet50", "hourglass")
+  )
   c.ops = ("rotate", "crop", "scale", "color_jitter")
   c.label_fractions = (0.01, 0.1, 1.0)
   if size == "tiny":

@@ -83,8 +83,21 @@ def read_bytes(path):
     raise DataError(f"cannot read image {path!r}: {e}") from e
 
 
-def make_record(*, image_path, index, id, xyz=None, K=None, uv=None, valid=None, scale=None, box=None,
-                image_bytes=None, image_size=None, flip=False):
+def make_record(
+  *,
+  image_path,
+  index,
+  id,
+  xyz=None,
+  K=None,
+  uv=None,
+  valid=None,
+  scale=None,
+  box=None,
+  image_bytes=None,
+  image_size=None,
+  flip=False,
+):
   """Builds a record; derives uv, valid, scale and box from what is given.
 
   `image_size` (w, h) is needed only when neither keypoints nor a box are given (box = whole image).
@@ -109,8 +122,16 @@ def make_record(*, image_path, index, id, xyz=None, K=None, uv=None, valid=None,
     else:
       raise ValueError(f"{image_path}: a record needs keypoints, a box or the image size")
   return dict(
-      image_path=str(image_path),
-      image_bytes=read_bytes(image_path) if image_bytes is None else image_bytes,
-      xyz=xyz, uv=uv, valid=valid, has_xyz=np.bool_(has_xyz), K=K,
-      scale=np.float32(scale), box=np.asarray(box, np.float32),
-      id=np.int64(id), index=np.int64(index), flip=np.bool_(flip))
+    image_path=str(image_path),
+    image_bytes=read_bytes(image_path) if image_bytes is None else image_bytes,
+    xyz=xyz,
+    uv=uv,
+    valid=valid,
+    has_xyz=np.bool_(has_xyz),
+    K=K,
+    scale=np.float32(scale),
+    box=np.asarray(box, np.float32),
+    id=np.int64(id),
+    index=np.int64(index),
+    flip=np.bool_(flip),
+  )

@@ -72,8 +72,9 @@ class ImageFolder:
     missing = [k for k in ann if os.path.normpath(k).replace(os.sep, "/") not in known]
     if missing:
       raise common.DataError(
-          f"{src}: {len(missing)} annotated images not found under {self.root!r}: "
-          f"{[os.path.join(self.root, m) for m in missing[:5]]}")
+        f"{src}: {len(missing)} annotated images not found under {self.root!r}: "
+        f"{[os.path.join(self.root, m) for m in missing[:5]]}"
+      )
     for key, a in ann.items():
       rel = os.path.normpath(key).replace(os.sep, "/")
       where = f"{src}[{key!r}]"
@@ -102,8 +103,8 @@ class ImageFolder:
       except Exception as e:  # PIL raises several types for bad files.
         raise common.DataError(f"cannot read image size of {path!r}: {e}") from e
     return common.make_record(
-        image_path=path, image_bytes=data, index=index, id=index, K=self.K, uv=uv, valid=valid, box=box,
-        image_size=size)
+      image_path=path, image_bytes=data, index=index, id=index, K=self.K, uv=uv, valid=valid, box=box, image_size=size
+    )
 
   def __repr__(self):
     return f"ImageFolder({self.root!r}, {len(self)} images, {len(self.uv)} with uv, {len(self.box)} with box)"

@@ -43,8 +43,9 @@ class FreiHand:
     n_images = sum(1 for f in os.listdir(self.rgb_dir) if f.endswith(".jpg"))
     if n_images == 0 or n_images % n:
       raise common.DataError(
-          f"{self.rgb_dir} holds {n_images} .jpg images but {ann('K')} has {n} entries: expected a positive "
-          f"multiple of {n} (one image per id and version)")
+        f"{self.rgb_dir} holds {n_images} .jpg images but {ann('K')} has {n} entries: expected a positive "
+        f"multiple of {n} (one image per id and version)"
+      )
     self.n_ids, self.n_versions = n, n_images // n
     for i in (0, n_images - 1):
       common.require_file(self.image_path(i), f"FreiHAND {split} image {i} (files must be numbered %08d.jpg)")
@@ -79,12 +80,20 @@ class FreiHand:
     file_index = id + self.n_ids * int(self.versions[index // len(self.ids)])
     xyz = None if self.xyz is None else self.xyz[id]
     record = common.make_record(
-        image_path=self.image_path(file_index), index=index, id=id, xyz=xyz, K=self.K[id],
-        scale=self.scale[id], image_size=(224, 224))
+      image_path=self.image_path(file_index),
+      index=index,
+      id=id,
+      xyz=xyz,
+      K=self.K[id],
+      scale=self.scale[id],
+      image_size=(224, 224),
+    )
     if self.with_mask:
       record["mask_bytes"] = common.read_bytes(self.mask_path(id))
     return record
 
   def __repr__(self):
-    return (f"FreiHand({self.root!r}, {self.split}, {len(self.ids)} ids x {len(self.versions)} versions"
-            f" = {len(self)} records)")
+    return (
+      f"FreiHand({self.root!r}, {self.split}, {len(self.ids)} ids x {len(self.versions)} versions"
+      f" = {len(self)} records)"
+    )

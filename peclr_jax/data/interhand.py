@@ -36,8 +36,7 @@ def _joint_valid(anns, path):
     for i, a in enumerate(anns):
       v = np.ravel(np.asarray(a["joint_valid"], np.float32))
       if v.shape != (42,):
-        raise common.DataError(
-            f"{path}: annotation {a['id']} has {v.size} joint_valid entries, expected 42") from None
+        raise common.DataError(f"{path}: annotation {a['id']} has {v.size} joint_valid entries, expected 42") from None
       jv[i] = v
   if jv.shape[1:] != (42,):
     raise common.DataError(f"{path}: joint_valid has {jv.shape[1:]} entries per annotation, expected 42")
@@ -73,8 +72,9 @@ class InterHand:
       images, anns = data["images"], data["annotations"]
       anns = [a for a in anns if a["hand_type"] in hands and a["hand_type_valid"]]
     except (KeyError, TypeError) as e:
-      raise common.DataError(f"{data_path}: expected COCO-style images[] and annotations[] with hand_type "
-                             f"and hand_type_valid ({e!r})") from e
+      raise common.DataError(
+        f"{data_path}: expected COCO-style images[] and annotations[] with hand_type and hand_type_valid ({e!r})"
+      ) from e
     self._index_images(images, anns, data_path)
     del data, images
     self._load_cameras(cam_path)
@@ -88,8 +88,9 @@ class InterHand:
     if bad.any():
       i = int(np.argwhere(bad.any(1))[0, 0])
       raise common.DataError(
-          f"{j3d_path}: annotation {self.ids[i]} ({self.image_path(self.image[i])}) has NaN/inf world_coord "
-          f"for valid joints (FreiHAND order) {np.flatnonzero(bad[i]).tolist()}")
+        f"{j3d_path}: annotation {self.ids[i]} ({self.image_path(self.image[i])}) has NaN/inf world_coord "
+        f"for valid joints (FreiHAND order) {np.flatnonzero(bad[i]).tolist()}"
+      )
     del self._finite
     self.ids, self.image, self.left, self.valid = (x[keep] for x in (self.ids, self.image, self.left, valid))
     if len(self):
@@ -109,8 +110,10 @@ class InterHand:
       cams = [(str(im["capture"]), str(im["camera"])) for im in used]
       frames = [(str(im["capture"]), str(im["frame_idx"])) for im in used]
     except (KeyError, TypeError, AttributeError) as e:
-      raise common.DataError(f"{path}: missing or malformed image entry or image_id ({e!r}); images[] need "
-                             f"id, file_name, width, height, capture, camera and frame_idx") from e
+      raise common.DataError(
+        f"{path}: missing or malformed image entry or image_id ({e!r}); images[] need "
+        f"id, file_name, width, height, capture, camera and frame_idx"
+      ) from e
     self.image = self.image.astype(np.int32)
     self._cam_keys = sorted(set(cams))
     self._frame_keys = sorted(set(frames))
@@ -170,10 +173,19 @@ class InterHand:
     a, b = hand.SCALE_BONE
     scale = np.linalg.norm(xyz[a] - xyz[b]) if valid[a] and valid[b] else 0.0
     return common.make_record(
-        image_path=self.image_path(im), index=index, id=self.ids[index], xyz=xyz, valid=valid, scale=scale,
-        K=np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), flip=flip)
+      image_path=self.image_path(im),
+      index=index,
+      id=self.ids[index],
+      xyz=xyz,
+      valid=valid,
+      scale=scale,
+      K=np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]),
+      flip=flip,
+    )
 
   def __repr__(self):
     n_left = int(self.left.sum())
-    return (f"InterHand({self.root!r}, {self.split}, {len(self) - n_left} right + {n_left} left hands, "
-            f"mirror_left={self.mirror_left})")
+    return (
+      f"InterHand({self.root!r}, {self.split}, {len(self) - n_left} right + {n_left} left hands, "
+      f"mirror_left={self.mirror_left})"
+    )

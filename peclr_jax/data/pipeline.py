@@ -108,8 +108,22 @@ class _BlockShard:
     return self.base[b * self.local * self.count + self.index * self.local + k]
 
 
-def dataset(source, batch_size, *, size=128, margin=1.5, seed=0, shuffle=True, num_epochs=None, workers=0,
-            threads=4, skip_corrupt=False, process_index=None, process_count=None, drop_remainder=True):
+def dataset(
+  source,
+  batch_size,
+  *,
+  size=128,
+  margin=1.5,
+  seed=0,
+  shuffle=True,
+  num_epochs=None,
+  workers=0,
+  threads=4,
+  skip_corrupt=False,
+  process_index=None,
+  process_count=None,
+  drop_remainder=True,
+):
   """A grain IterDataset of batches (dicts of stacked numpy arrays) from a random-access `source`.
 
   `batch_size` is global; each of `process_count` processes (default: jax's) yields batch_size / count records
@@ -117,6 +131,7 @@ def dataset(source, batch_size, *, size=128, margin=1.5, seed=0, shuffle=True, n
   """
   if process_index is None or process_count is None:
     import jax
+
     process_index, process_count = jax.process_index(), jax.process_count()
   if len(source) == 0:
     raise common.DataError(f"{source!r} has no records")

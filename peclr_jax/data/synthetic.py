@@ -42,8 +42,15 @@ THUMB_BASE = np.array([2.2, 2.8, 0.9])
 FINGER_LENGTHS = np.array([[3.9, 2.3, 2.0], [4.3, 2.7, 2.2], [4.0, 2.6, 2.2], [3.2, 1.9, 1.9]])
 THUMB_LENGTHS = np.array([4.0, 3.1, 2.6])
 # Radii (cm) at the 4 joints of each finger, thumb first (FreiHAND finger order).
-RADII = np.array([[1.35, 1.05, 0.92, 0.8], [0.98, 0.86, 0.76, 0.7], [1.02, 0.9, 0.78, 0.72],
-                  [0.95, 0.83, 0.74, 0.68], [0.85, 0.73, 0.66, 0.6]])
+RADII = np.array(
+  [
+    [1.35, 1.05, 0.92, 0.8],
+    [0.98, 0.86, 0.76, 0.7],
+    [1.02, 0.9, 0.78, 0.72],
+    [0.95, 0.83, 0.74, 0.68],
+    [0.85, 0.73, 0.66, 0.6],
+  ]
+)
 FAN = np.radians([8.0, 0.0, -8.0, -17.0])  # rest direction of each finger, about the palm normal
 SPREAD_SIGN = np.array([-1.0, 1.0, 1.0, 1.0])  # positive abduction spreads away from the middle finger
 # Thumb rest frame: swing the distal axis 50 deg radially, then pronate -60 deg so flexion sweeps across the palm.
@@ -57,19 +64,25 @@ BONE_JITTER = 0.04  # extra per-bone length variation (fraction)
 
 # Pose families: (low, high) in degrees for [abd, mcp, pip, dip] (fingers) and thumb [abd, cmc, mcp, ip].
 POSES = {
-    "open": ([[-5, 15], [-10, 20], [0, 25], [0, 15]], [[10, 45], [-10, 15], [-5, 20], [-10, 20]]),
-    "fist": ([[-5, 5], [65, 90], [80, 110], [40, 80]], [[-10, 10], [30, 60], [30, 60], [20, 60]]),
-    "pinch": ([[-5, 5], [25, 50], [35, 70], [20, 50]], [[10, 30], [25, 45], [10, 35], [0, 30]]),
+  "open": ([[-5, 15], [-10, 20], [0, 25], [0, 15]], [[10, 45], [-10, 15], [-5, 20], [-10, 20]]),
+  "fist": ([[-5, 5], [65, 90], [80, 110], [40, 80]], [[-10, 10], [30, 60], [30, 60], [20, 60]]),
+  "pinch": ([[-5, 5], [25, 50], [35, 70], [20, 50]], [[10, 30], [25, 45], [10, 35], [0, 30]]),
 }
 POSE_MIX = {"open": 0.25, "fist": 0.2, "pinch": 0.15, "point": 0.15, "random": 0.25}
 
-SKIN_TONES = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 135], [198, 134, 99], [160, 102, 70],
-                       [120, 74, 52], [92, 56, 40]], np.float64) / 255.0
+SKIN_TONES = (
+  np.array(
+    [[255, 224, 196], [241, 194, 160], [224, 172, 135], [198, 134, 99], [160, 102, 70], [120, 74, 52], [92, 56, 40]],
+    np.float64,
+  )
+  / 255.0
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Style:
   """Rendering options; two styles make two data domains (e.g. for cross-dataset studies)."""
+
   distance: tuple[float, float] = (0.3, 0.8)  # metres from the camera to the hand's centroid
   skin: tuple[float, float] = (0.0, 1.0)  # range of the skin-tone palette, light (0) to dark (1)
   backgrounds: tuple[str, ...] = ("gradient", "noise", "shapes", "clutter", "plain")
@@ -90,9 +103,13 @@ def random_rotation(rng):
   """Uniform random rotation (from a uniform unit quaternion)."""
   q = rng.normal(size=4)
   w, x, y, z = q / np.linalg.norm(q)
-  return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                   [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                   [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+  return np.array(
+    [
+      [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+  )
 
 
 def finger_rest_frames():
@@ -153,8 +170,9 @@ def sample_hand(rng, style=Style()):
   radii = RADII * size * CM * rng.uniform(0.92, 1.08)
   rot = random_rotation(rng)
   fx = 388.9 * rng.uniform(0.97, 1.03)
-  K = np.array([[fx, 0, 112 + rng.uniform(-2, 2)], [0, fx * rng.uniform(0.995, 1.005), 112 + rng.uniform(-2, 2)],
-                [0, 0, 1]])
+  K = np.array(
+    [[fx, 0, 112 + rng.uniform(-2, 2)], [0, fx * rng.uniform(0.995, 1.005), 112 + rng.uniform(-2, 2)], [0, 0, 1]]
+  )
   z = rng.uniform(*style.distance)
   uv = rng.uniform(-style.offset, style.offset, 2) * SIZE + K[:2, 2]
   centre = np.array([(uv[0] - K[0, 2]) * z / K[0, 0], (uv[1] - K[1, 2]) * z / K[1, 1], z])
@@ -172,9 +190,13 @@ def sample_hand(rng, style=Style()):
   w = xyz[0]
   wrist_r, wrist_u = w + ex * 1.6 * s, w - ex * 1.9 * s
   palm_r = 1.25 * s
-  cones += [(xyz[5], xyz[17], 1.05 * s, 0.95 * s),  # knuckle row
-            (wrist_r, xyz[5], palm_r, 1.05 * s), (wrist_u, xyz[17], palm_r, 0.95 * s),
-            (wrist_r, wrist_u, 1.3 * s, 1.3 * s), (wrist_r, xyz[2], 1.3 * s, radii[0, 1])]  # thenar
+  cones += [
+    (xyz[5], xyz[17], 1.05 * s, 0.95 * s),  # knuckle row
+    (wrist_r, xyz[5], palm_r, 1.05 * s),
+    (wrist_u, xyz[17], palm_r, 0.95 * s),
+    (wrist_r, wrist_u, 1.3 * s, 1.3 * s),
+    (wrist_r, xyz[2], 1.3 * s, radii[0, 1]),
+  ]  # thenar
   if rng.uniform() < style.forearm:
     arm = w - ey * rng.uniform(8, 14) * s
     cones.append((w - ey * 0.5 * s, arm, 2.1 * s, 2.5 * s))
@@ -218,13 +240,13 @@ def render_geometry(h):
     if px1 > px0 and py1 > py0:
       u = np.arange(px0, px1, dtype=np.float32)[None, :] + 0.5
       v = np.arange(py0, py1, dtype=np.float32)[:, None] + 0.5
-      win = depth[py0 - y0:py1 - y0, px0 - x0:px1 - x0]
+      win = depth[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0]
       np.minimum(win, fn(u, v, K, *args), out=win)
   u = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5) / SS
   v = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5) / SS
   covered = np.isfinite(depth)
   normal = depth_normals(np.where(covered, depth, 0), covered, u, v, K)
-  box = np.s_[y0 // SS:y1 // SS, x0 // SS:x1 // SS]
+  box = np.s_[y0 // SS : y1 // SS, x0 // SS : x1 // SS]
   return box, [_pool(c * covered) for c in normal], _pool(covered.astype(np.float32)) / SS**2
 
 
@@ -239,6 +261,7 @@ def depth_normals(z, covered, u, v, K):
   Derivatives take the one-sided difference with the smaller depth step, so silhouettes and the borders between
   overlapping fingers do not bleed into each other.
   """
+
   def slope(z, covered):  # along axis 1
     d = np.where(covered[:, 1:] & covered[:, :-1], (z[:, 1:] - z[:, :-1]) * SS, np.float32(1e9))
     best = np.empty_like(z)
@@ -305,7 +328,8 @@ def background(rng, kinds):
   else:  # noise texture: octaves of upsampled random colours
     cells = rng.choice([3, 6, 12, 24, 48], size=3, replace=False)
     octave = lambda c: Image.fromarray(rng.integers(0, 256, (c, c, 3), dtype=np.uint8)).resize(
-        (SIZE, SIZE), Image.BICUBIC)
+      (SIZE, SIZE), Image.BICUBIC
+    )
     img = octave(cells[0])
     for k, c in enumerate(cells[1:]):
       img = Image.blend(img, octave(c), 0.5 / (k + 1))
@@ -374,8 +398,7 @@ def render(seed, split, id, versions=1, style=Style()):
   rng = np.random.default_rng([seed, SPLIT_CODES[split], id])
   h = sample_hand(rng, style)
   geom = render_geometry(h)
-  images = [shade(np.random.default_rng([seed, SPLIT_CODES[split], id, v + 1]), geom, style)
-            for v in range(versions)]
+  images = [shade(np.random.default_rng([seed, SPLIT_CODES[split], id, v + 1]), geom, style) for v in range(versions)]
   mask = np.zeros((SIZE, SIZE), np.uint8)
   mask[geom[0]] = (geom[2] * 255 + 0.5).astype(np.uint8)  # coverage, soft at the edges
   return h["xyz"], h["K"], mask, images
@@ -422,7 +445,7 @@ def write_split(out, split, n, seed=0, versions=1, style=Style(), workers=None, 
   bar = tqdm(total=n * versions, desc=f"rendering {split}", unit="img", disable=not progress)
   with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
     for start, x, k in pool.imap_unordered(_render_chunk, jobs):
-      xyz[start:start + len(x)], K[start:start + len(x)] = x, k
+      xyz[start : start + len(x)], K[start : start + len(x)] = x, k
       bar.update(len(x) * versions)
   bar.close()
   rate = n * versions / (time.perf_counter() - t0)
@@ -455,8 +478,9 @@ def generate(out, train, eval, seed=0, versions=1, style=Style(), workers=None, 
   Processes that start on the same missing set (e.g. a study's parallel runs) take turns on a lock file: the first
   renders, the others then find its manifest.
   """
-  spec = dict(train=train, eval=eval, seed=seed, versions=versions, style=dataclasses.asdict(style),
-              size=SIZE, format=1)
+  spec = dict(
+    train=train, eval=eval, seed=seed, versions=versions, style=dataclasses.asdict(style), size=SIZE, format=1
+  )
   manifest = os.path.join(out, MANIFEST)
 
   def done():
@@ -506,30 +530,37 @@ def _flags(fv, argv):
   flags.DEFINE_integer("versions", 1, "images per training id (FreiHAND has 4)", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("workers", None, "processes (default: all cores)", lower_bound=1, flag_values=fv)
   flags.DEFINE_list("distance", [str(x) for x in Style.distance], "MIN,MAX metres from the camera", flag_values=fv)
-  flags.DEFINE_list("skin", [str(x) for x in Style.skin], "LIGHT,DARK range of the skin palette (0-1)",
-                    flag_values=fv)
+  flags.DEFINE_list("skin", [str(x) for x in Style.skin], "LIGHT,DARK range of the skin palette (0-1)", flag_values=fv)
   flags.DEFINE_list("backgrounds", list(Style.backgrounds), f"some of {','.join(Style.backgrounds)}", flag_values=fv)
   flags.DEFINE_bool("force", False, "rewrite even if the same set is already there", flag_values=fv)
   for name, what in (("distance", "MIN,MAX"), ("skin", "LIGHT,DARK")):
-    flags.register_validator(name, _pair, f"expected two numbers {what} with {what.split(',')[0]} <= "
-                             f"{what.split(',')[1]}", flag_values=fv)
-  flags.register_validator("backgrounds", lambda v: bool(v) and set(v) <= set(Style.backgrounds),
-                           f"expected some of {', '.join(Style.backgrounds)}", flag_values=fv)
+    flags.register_validator(
+      name, _pair, f"expected two numbers {what} with {what.split(',')[0]} <= {what.split(',')[1]}", flag_values=fv
+    )
+  flags.register_validator(
+    "backgrounds",
+    lambda v: bool(v) and set(v) <= set(Style.backgrounds),
+    f"expected some of {', '.join(Style.backgrounds)}",
+    flag_values=fv,
+  )
 
 
 def main(argv: list[str] | None = None) -> None:
   from peclr_jax import cli  # not at the top: spawned render workers import this module, and need no jax
 
   args = cli.parse(argv, __doc__, _flags, required=("out",))
-  style = Style(distance=tuple(map(float, args.distance)), skin=tuple(map(float, args.skin)),
-                backgrounds=tuple(args.backgrounds))
+  style = Style(
+    distance=tuple(map(float, args.distance)), skin=tuple(map(float, args.skin)), backgrounds=tuple(args.backgrounds)
+  )
   if args.force and os.path.exists(os.path.join(args.out, MANIFEST)):
     os.remove(os.path.join(args.out, MANIFEST))
   t0 = time.perf_counter()
   with cli.errors(OSError):
     wrote = generate(args.out, args.train, args.eval, args.seed, args.versions, style, args.workers)
-  print(f"{'wrote' if wrote else 'already there'}: {args.out} ({args.train} x {args.versions} training, "
-        f"{args.eval} evaluation) in {time.perf_counter() - t0:.1f} s")
+  print(
+    f"{'wrote' if wrote else 'already there'}: {args.out} ({args.train} x {args.versions} training, "
+    f"{args.eval} evaluation) in {time.perf_counter() - t0:.1f} s"
+  )
 
 
 if __name__ == "__main__":

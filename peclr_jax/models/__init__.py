@@ -13,16 +13,16 @@ DTYPES = ("float32", "bfloat16")  # compute dtypes; parameters, BN statistics an
 
 # config.model, as the pretraining and probe configs share it (the heads' sizes are pretraining's).
 RULES = {
-    "name": validate.one_of(ENCODERS),
-    "width": validate.COUNT,
-    "small_stem": validate.BOOL,
-    "zero_init_last_bn": validate.BOOL,
-    "stacks": validate.COUNT,
-    "proj_hidden": validate.COUNT,
-    "proj_out": validate.COUNT,
-    "rel_hidden": validate.COUNT,
-    "conv": validate.one_of(CONVS),
-    "dtype": validate.one_of(DTYPES),
+  "name": validate.one_of(ENCODERS),
+  "width": validate.COUNT,
+  "small_stem": validate.BOOL,
+  "zero_init_last_bn": validate.BOOL,
+  "stacks": validate.COUNT,
+  "proj_hidden": validate.COUNT,
+  "proj_out": validate.COUNT,
+  "rel_hidden": validate.COUNT,
+  "conv": validate.one_of(CONVS),
+  "dtype": validate.one_of(DTYPES),
 }
 
 
@@ -45,11 +45,34 @@ def conv_mode(model):
 def encoder(model, name=None):
   """The encoder a config's `model` describes: a ResNet (`resnet18`...`resnet152`) or `hourglass`."""
   if model.name == "hourglass":
-    return Hourglass25D(width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model), conv=conv_mode(model),
-                        name=name)
-  return create(model.name, width=model.width, small_stem=model.small_stem, zero_init_last_bn=model.zero_init_last_bn,
-                conv=conv_mode(model), dtype=dtype(model), name=name)
+    return Hourglass25D(
+      width=model.width, stacks=model.get("stacks", 2), dtype=dtype(model), conv=conv_mode(model), name=name
+    )
+  return create(
+    model.name,
+    width=model.width,
+    small_stem=model.small_stem,
+    zero_init_last_bn=model.zero_init_last_bn,
+    conv=conv_mode(model),
+    dtype=dtype(model),
+    name=name,
+  )
 
 
-__all__ = ["CONVS", "DTYPES", "ENCODERS", "MODELS", "RULES", "Hourglass25D", "LinearProbe", "MLPHead", "ProjectionHead",
-           "RelativeHead", "ResNet", "conv_mode", "create", "dtype", "encoder"]
+__all__ = [
+  "CONVS",
+  "DTYPES",
+  "ENCODERS",
+  "MODELS",
+  "RULES",
+  "Hourglass25D",
+  "LinearProbe",
+  "MLPHead",
+  "ProjectionHead",
+  "RelativeHead",
+  "ResNet",
+  "conv_mode",
+  "create",
+  "dtype",
+  "encoder",
+]

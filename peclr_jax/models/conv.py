@@ -66,28 +66,57 @@ def _plain(lhs, dn, *dilations):
 def _taps(x, kernel, strides, pads, out):
   """Each kernel tap's strided view of x (N, *spatial, C), padded, concatenated on channels in HWIO order."""
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  return jnp.concatenate([x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(tap, strides, out)))]
-                          for tap in itertools.product(*(range(k) for k in kernel))], -1)
+  return jnp.concatenate(
+    [
+      x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(tap, strides, out)))]
+      for tap in itertools.product(*(range(k) for k in kernel))
+    ],
+    -1,
+  )
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                         preferred_element_type=None):
-  conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                           dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                           batch_group_count=batch_group_count, precision=precision,
-                           preferred_element_type=preferred_element_type)
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
+  conv = functools.partial(
+    lax.conv_general_dilated,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if feature_group_count != 1 or batch_group_count != 1 or dn.lhs_spec[0] != 0 or dn.out_spec[0] != 0:
     return conv(lhs, rhs)  # grouped or batch-not-first: XLA's
   if _plain(lhs, dn, lhs_dilation, rhs_dilation):  # matrix products where they are faster; autodiff does the rest
     kernel = rhs.shape[:-2]  # (N, *spatial, C) input and HWIO kernel from here on
-    pads = (lax.padtype_to_pads(lhs.shape[1:-1], kernel, window_strides, padding) if isinstance(padding, str) else
-            [tuple(p) for p in padding])
+    pads = (
+      lax.padtype_to_pads(lhs.shape[1:-1], kernel, window_strides, padding)
+      if isinstance(padding, str)
+      else [tuple(p) for p in padding]
+    )
     out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(lhs.shape[1:-1], pads, kernel, window_strides)]
-    matmul = functools.partial(lax.dot_general, dimension_numbers=(((lhs.ndim - 1,), (0,)), ((), ())),
-                               precision=precision, preferred_element_type=preferred_element_type)
+    matmul = functools.partial(
+      lax.dot_general,
+      dimension_numbers=(((lhs.ndim - 1,), (0,)), ((), ())),
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
     if all(k == 1 for k in kernel) and all(p == (0, 0) for p in pads):  # 1x1: over the strided positions
       return matmul(lhs[(slice(None), *(slice(None, None, s) for s in window_strides))], rhs.reshape(rhs.shape[-2:]))
     if max(out) <= SMALL:  # a tiny output: over the taps

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 class MLPHead(nn.Module):
   """Dense(hidden, bias) → BN → ReLU → Dense(out, no bias); float32 output."""
+
   hidden: int
   out: int
   dtype: jnp.dtype = jnp.float32
@@ -20,20 +21,23 @@ class MLPHead(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype,
-                     name="bn")(x)
+    x = nn.BatchNorm(
+      use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name="bn"
+    )(x)
     x = nn.Dense(self.out, use_bias=False, dtype=self.dtype, name="fc2")(nn.relu(x))
     return x.astype(jnp.float32)
 
 
 class ProjectionHead(MLPHead):
   """SimCLR/PeCLR projection g(h): features → 512 → 128 (PeCLR reads the 128 outputs as 64 2-D points)."""
+
   hidden: int = 512
   out: int = 128
 
 
 class RelativeHead(nn.Module):
   """One relative-transformation regressor: [h1, h2] → 1024 → k (hpe's pairwise model)."""
+
   out: int
   hidden: int = 1024
   dtype: jnp.dtype = jnp.float32
@@ -45,6 +49,7 @@ class RelativeHead(nn.Module):
 
 class LinearProbe(nn.Module):
   """Dense(out) on features; `stop_gradient` keeps an online probe from training the encoder (SimCLR, scenic)."""
+
   out: int
   stop_gradient: bool = True
 

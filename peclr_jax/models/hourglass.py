@@ -26,6 +26,7 @@ from peclr_jax.models.resnet import conv_init
 
 class Residual(nn.Module):
   """Pre-activation bottleneck: BN-ReLU-1x1(f/2)-BN-ReLU-3x3(f/2)-BN-ReLU-1x1(f), plus a 1x1 skip if needed."""
+
   features: int
   norm: type
   dtype: jnp.dtype = jnp.float32
@@ -33,8 +34,15 @@ class Residual(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME", kernel_init=conv_init, dtype=self.dtype, name=name,
-                                      conv_general_dilated=conv_lib.impl(self.conv))
+    conv = lambda f, k, name: nn.Conv(
+      f,
+      (k, k),
+      padding="SAME",
+      kernel_init=conv_init,
+      dtype=self.dtype,
+      name=name,
+      conv_general_dilated=conv_lib.impl(self.conv),
+    )
     y = conv(self.features // 2, 1, "conv1")(nn.relu(self.norm(name="bn1")(x)))
     y = conv(self.features // 2, 3, "conv2")(nn.relu(self.norm(name="bn2")(y)))
     y = conv(self.features, 1, "conv3")(nn.relu(self.norm(name="bn3")(y)))
@@ -44,6 +52,7 @@ class Residual(nn.Module):
 
 class Hourglass(nn.Module):
   """One hourglass of `depth` halvings: skip branch + (pool -> residual -> inner -> residual -> upsample)."""
+
   depth: int
   features: int
   norm: type
@@ -82,6 +91,7 @@ def soft_argmax(heatmaps, depthmaps, stride):
 
 class Hourglass25D(nn.Module):
   """Stacked-hourglass latent 2.5-D heatmap regressor; returns the last stack's pose as a [B, 63] vector."""
+
   width: int = 32  # features = 8 x width (Newell's 256 at width 32)
   stacks: int = 2
   depth: int = 4
@@ -98,10 +108,12 @@ class Hourglass25D(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     f = 8 * self.width
-    norm = lambda name=None: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                          epsilon=self.bn_eps, dtype=self.dtype, name=name)
-    conv = lambda f, k, name, **kw: nn.Conv(f, (k, k), kernel_init=conv_init, dtype=self.dtype, name=name,
-                                            conv_general_dilated=conv_lib.impl(self.conv), **kw)
+    norm = lambda name=None: nn.BatchNorm(
+      use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name=name
+    )
+    conv = lambda f, k, name, **kw: nn.Conv(
+      f, (k, k), kernel_init=conv_init, dtype=self.dtype, name=name, conv_general_dilated=conv_lib.impl(self.conv), **kw
+    )
     res = lambda f, name: Residual(f, norm, self.dtype, self.conv, name=name)
     size = x.shape[1]
     x = jnp.asarray(x, self.dtype)
@@ -119,7 +131,7 @@ class Hourglass25D(nn.Module):
       y = res(f, f"stack{s}_res")(y)
       y = nn.relu(norm(f"stack{s}_bn")(conv(f, 1, f"stack{s}_conv")(y)))
       maps = conv(2 * self.joints, 1, f"stack{s}_maps")(y)
-      uv, z, _ = soft_argmax(maps[..., :self.joints], maps[..., self.joints:], stride)
+      uv, z, _ = soft_argmax(maps[..., : self.joints], maps[..., self.joints :], stride)
       out = jnp.concatenate([(uv / size * 2 - 1).reshape(uv.shape[0], -1), z], -1)
       self.sow("intermediates", "stacks", out)
       if s + 1 < self.stacks:  # the next stack sees the features and the maps (Newell's re-injection)

@@ -60,6 +60,7 @@ class BasicBlock(_Block):
 
 class Bottleneck(_Block):
   """1×1 → 3×3 (strided: v1.5) → 1×1, expansion 4 (ResNet-50/101/152)."""
+
   expansion = 4
 
   @nn.compact
@@ -78,6 +79,7 @@ class ResNet(nn.Module):
   models. `small_stem` replaces the 7×7/2 conv + max-pool with a 3×3/1 conv (output stride 8, for 32-64 px images).
   The last feature map, before pooling, is sown as `intermediates/feature_map`.
   """
+
   depth: int = 18
   width: int = 64
   zero_init_last_bn: bool = False
@@ -95,10 +97,17 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool):
     if self.depth not in STAGES:
       raise ValueError(f"depth must be one of {sorted(STAGES)}, got {self.depth}")
-    conv = functools.partial(nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype,
-                             conv_general_dilated=conv_lib.impl(self.conv))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_eps, dtype=self.dtype)
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      padding="VALID",
+      kernel_init=conv_init,
+      dtype=self.dtype,
+      conv_general_dilated=conv_lib.impl(self.conv),
+    )
+    norm = functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype
+    )
     block = BasicBlock if self.depth < 50 else Bottleneck
     last = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
 

@@ -31,8 +31,9 @@ def require_tfds():
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise common.DataError(
-        f"TFDS datasets need tensorflow_datasets, array_record and importlib_resources ({e}): "
-        "pip install 'peclr_jax[tfds]'") from e
+      f"TFDS datasets need tensorflow_datasets, array_record and importlib_resources ({e}): "
+      "pip install 'peclr_jax[tfds]'"
+    ) from e
   return tfds
 
 
@@ -40,15 +41,25 @@ _J = hand.NUM_JOINTS
 # The record fields a builder stores (all but `index`, the position in the split): name -> (shape, dtype).
 # Plain Tensors only, so building and reading need no TensorFlow; object scalars hold bytes (image, path).
 FIELDS = dict(
-    image_bytes=((), np.object_), image_path=((), np.object_), xyz=((_J, 3), np.float32),
-    uv=((_J, 2), np.float32), valid=((_J,), np.bool_), has_xyz=((), np.bool_), K=((3, 3), np.float32),
-    scale=((), np.float32), box=((4,), np.float32), id=((), np.int64), flip=((), np.bool_))
+  image_bytes=((), np.object_),
+  image_path=((), np.object_),
+  xyz=((_J, 3), np.float32),
+  uv=((_J, 2), np.float32),
+  valid=((_J,), np.bool_),
+  has_xyz=((), np.bool_),
+  K=((3, 3), np.float32),
+  scale=((), np.float32),
+  box=((4,), np.float32),
+  id=((), np.int64),
+  flip=((), np.bool_),
+)
 
 
 def record_features():
   tfds = require_tfds()
   return tfds.features.FeaturesDict(
-      {k: tfds.features.Tensor(shape=shape, dtype=dtype) for k, (shape, dtype) in FIELDS.items()})
+    {k: tfds.features.Tensor(shape=shape, dtype=dtype) for k, (shape, dtype) in FIELDS.items()}
+  )
 
 
 def to_example(record, root):
@@ -134,10 +145,18 @@ class TfdsSource:
     has_xyz, xyz = bool(pop("has_xyz", default="xyz" in ex)), pop("xyz")
     path = _scalar(pop("image_path", "file_name", default=f"{self.builder_dir}[{self.split}][{index}]"))
     record = common.make_record(
-        image_path=path.decode() if isinstance(path, bytes) else path,
-        image_bytes=bytes(_scalar(pop("image_bytes", "image"))), index=index, id=pop("id", default=index),
-        xyz=xyz if has_xyz else None, K=pop("K"), uv=pop("uv"), valid=pop("valid"), scale=pop("scale"),
-        box=pop("box"), flip=bool(pop("flip", default=False)))
+      image_path=path.decode() if isinstance(path, bytes) else path,
+      image_bytes=bytes(_scalar(pop("image_bytes", "image"))),
+      index=index,
+      id=pop("id", default=index),
+      xyz=xyz if has_xyz else None,
+      K=pop("K"),
+      uv=pop("uv"),
+      valid=pop("valid"),
+      scale=pop("scale"),
+      box=pop("box"),
+      flip=bool(pop("flip", default=False)),
+    )
     # Features outside the record schema pass through, as the raw sources return them.
     record.update({k: np.asarray(v)[()] if np.ndim(v) == 0 else np.asarray(v) for k, v in ex.items()})
     return record

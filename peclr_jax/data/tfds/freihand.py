@@ -23,23 +23,27 @@ class Freihand(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Raw JPEGs and labels of training (all versions) and evaluation."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Download FreiHAND_pub_v2 (and optionally FreiHAND_pub_v2_eval) from "
-      "https://lmb.informatik.uni-freiburg.de/projects/freihand/ and pass the root holding training/rgb, "
-      "training_{xyz,K,scale}.json (and evaluation/rgb, evaluation_{K,scale}[,_xyz].json) as manual_dir.")
+    "Download FreiHAND_pub_v2 (and optionally FreiHAND_pub_v2_eval) from "
+    "https://lmb.informatik.uni-freiburg.de/projects/freihand/ and pass the root holding training/rgb, "
+    "training_{xyz,K,scale}.json (and evaluation/rgb, evaluation_{K,scale}[,_xyz].json) as manual_dir."
+  )
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.splitlines()[0],
-        features=ptfds.record_features(),
-        homepage="https://lmb.informatik.uni-freiburg.de/projects/freihand/",
-        disable_shuffling=True,  # Keep FreiHAND's order (the evaluation protocol depends on it).
+      builder=self,
+      description=__doc__.splitlines()[0],
+      features=ptfds.record_features(),
+      homepage="https://lmb.informatik.uni-freiburg.de/projects/freihand/",
+      disable_shuffling=True,  # Keep FreiHAND's order (the evaluation protocol depends on it).
     )
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
-    return {name: self._generate_examples(root, split) for name, split in SPLITS.items()
-            if split == "training" or os.path.isdir(os.path.join(root, split, "rgb"))}
+    return {
+      name: self._generate_examples(root, split)
+      for name, split in SPLITS.items()
+      if split == "training" or os.path.isdir(os.path.join(root, split, "rgb"))
+    }
 
   def _generate_examples(self, root, split):
     src = freihand.FreiHand(root, split)

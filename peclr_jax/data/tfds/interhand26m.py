@@ -23,17 +23,18 @@ class Interhand26m(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Single right and left hands in FreiHAND order, left hands mirrored."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Download InterHand2.6M (5 fps, v1.0) from https://mks0601.github.io/InterHand2.6M/ and pass the root "
-      "holding annotations/<split>/InterHand2.6M_<split>_{data,camera,joint_3d}.json and images/<split>/ as "
-      "manual_dir.")
+    "Download InterHand2.6M (5 fps, v1.0) from https://mks0601.github.io/InterHand2.6M/ and pass the root "
+    "holding annotations/<split>/InterHand2.6M_<split>_{data,camera,joint_3d}.json and images/<split>/ as "
+    "manual_dir."
+  )
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.splitlines()[0],
-        features=ptfds.record_features(),
-        homepage="https://mks0601.github.io/InterHand2.6M/",
-        disable_shuffling=True,  # Position i stays InterHand(root, split)[i].
+      builder=self,
+      description=__doc__.splitlines()[0],
+      features=ptfds.record_features(),
+      homepage="https://mks0601.github.io/InterHand2.6M/",
+      disable_shuffling=True,  # Position i stays InterHand(root, split)[i].
     )
 
   def _split_generators(self, dl_manager):
