@@ -8,6 +8,7 @@ current step and raise checkpoint.Preempted; a corrupt image saves the last fini
 failed write names the path.
 """
 
+import dataclasses
 import os
 import shutil
 import time
@@ -28,6 +29,15 @@ class TrainState:
   params: dict
   batch_stats: dict
   opt_state: optax.OptState
+
+
+@dataclasses.dataclass
+class Result:
+  """What a trainer returns: the final state, the logged rows, the workdir."""
+
+  state: TrainState
+  metrics: list
+  workdir: str
 
 
 def make_workdir(workdir):

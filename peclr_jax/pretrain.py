@@ -14,7 +14,6 @@ for the keypoint probe. Several processes (hosts):
       --process_id=I]      # or bash launch/local.sh N WORKDIR; see sharding.init_distributed
 """
 
-import dataclasses
 import os
 
 import flax.linen as nn
@@ -192,13 +191,6 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   sharding.check_batch_size(config.batch_size, mesh)
 
 
-@dataclasses.dataclass
-class Result:
-  state: loop.TrainState
-  metrics: list
-  workdir: str
-
-
 def train(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -206,7 +198,7 @@ def train(
   progress: bool = True,
   devices=None,
   stop_at: int | None = None,
-) -> Result:
+) -> loop.Result:
   """Runs (or resumes) pretraining in `workdir`; returns the final state and the logged metrics.
 
   `freeze_encoder` trains only the online probe (the random-init baseline); `devices` defaults to all;
@@ -277,7 +269,7 @@ def train(
     checkpoint.export_encoder(
       os.path.join(workdir, "encoder"), variables["params"], variables["batch_stats"], config.model.to_dict()
     )
-  return Result(state, rows, workdir)
+  return loop.Result(state, rows, workdir)
 
 
 def evaluate_probe(

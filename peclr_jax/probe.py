@@ -21,7 +21,6 @@ The trainer checkpoints, logs, resumes and guards against NaN like pretraining (
 finished run (evaluate.py).
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -264,16 +263,9 @@ def calibrate_bn(model, state, config, src, steps):
   return state.replace(batch_stats={**state.batch_stats, "encoder": stats["encoder"]})
 
 
-@dataclasses.dataclass
-class Result:
-  state: loop.TrainState
-  metrics: list
-  workdir: str
-
-
 def train(
   config: ml_collections.ConfigDict, workdir: str, progress: bool = True, devices=None, stop_at: int | None = None
-) -> Result:
+) -> loop.Result:
   """Runs (or resumes) one keypoint-regression run in `workdir`; returns the final state and logged metrics."""
   mesh = sharding.mesh(devices)
   check_config(config, mesh)
@@ -342,7 +334,7 @@ def train(
     progress=progress,
     postfix=dict(loss=".3f", epe_2d_px=".2f", epe_3d_mm=".1f"),
   )
-  return Result(state, rows, workdir)
+  return loop.Result(state, rows, workdir)
 
 
 def write_info(workdir, config, src):
@@ -368,7 +360,7 @@ def run(
   workdir: str,
   progress: bool = True,
   evaluate_splits: tuple[str, ...] = ("evaluation",),
-) -> tuple[Result | None, dict | list]:
+) -> tuple[loop.Result | None, dict | list]:
   """Trains (or resumes) and evaluates; label_fraction runs one sub-run per fraction and tabulates them."""
   if config.mode != "label_fraction":
     result = train(config, workdir, progress=progress)
