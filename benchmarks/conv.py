@@ -1,8 +1,10 @@
 """A ResNet step's convolutions one by one: forward, input gradient and weight gradient, XLA's convolution against
-the CPU formulation (peclr_jax/models/conv.py, `--config.model.conv=cpu`) and, with the `bench` extra, PyTorch's
-(`F.conv2d`, channels-last; oneDNN on a CPU).
+the CPU formulation (peclr_jax/models/conv.py, `--config.model.conv=cpu`), oneDNN's through jax.ffi
+(peclr_jax/models/onednn.py, `--config.model.conv=onednn`) and, with the `bench` extra, PyTorch's (`F.conv2d`,
+channels-last; oneDNN on a CPU).
 
-    python benchmarks/conv.py [--model resnet18|resnet50] [--batch 64] [--size 128] [--no-torch]
+    python benchmarks/conv.py [--model resnet18|resnet50] [--batch 64] [--size 128] [--conv xla cpu onednn]
+                              [--no-torch]
 
 Prints GFLOP/s per layer shape (ms in brackets) and the milliseconds summed over the network (each shape times its
 count in the network).
@@ -15,7 +17,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from peclr_jax.models import conv
+from peclr_jax.models import conv, onednn
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -92,15 +94,20 @@ def main():
   p.add_argument("--model", default="resnet18", choices=["resnet18", "resnet50"])
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--size", type=int, default=128)
+  p.add_argument("--conv", nargs="+", default=["xla", "cpu", "onednn"], choices=["xla", "cpu", "onednn"])
   p.add_argument("--no-torch", action="store_true")
   args = p.parse_args()
+  impls = {"xla": lax.conv_general_dilated, "cpu": conv.conv_general_dilated, "onednn": conv.onednn_or_cpu}
+  if "onednn" in args.conv and onednn.available() is not None:
+    print(f"oneDNN unavailable: {onednn.available()}")
+    args.conv.remove("onednn")
   with_torch = not args.no_torch
   if with_torch:
     try:
       import torch  # noqa: F401
     except ImportError:
       with_torch = False
-  sides = ["xla", "cpu"] + ["PyTorch"] * with_torch
+  sides = list(args.conv) + ["PyTorch"] * with_torch
   print(
     f"{args.model} convolutions, batch {args.batch}, {args.size} px, {jax.device_count()} "
     f"{jax.devices()[0].platform} device(s); GFLOP/s (ms), {' / '.join(sides)}"
@@ -113,14 +120,14 @@ def main():
     x = jax.random.normal(jax.random.key(0), (args.batch, h, h, cin))
     w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
     times = np.zeros((3, len(sides)))
-    for j, impl in enumerate((lax.conv_general_dilated, conv.conv_general_dilated)):
+    for j, impl in enumerate(impls[c] for c in args.conv):
       f = lambda x, w, impl=impl: impl(x, w, (s, s), pad, dimension_numbers=DN)  # noqa: B023
       g = jax.random.normal(jax.random.key(2), f(x, w).shape)
       times[0, j] = bench(jax.jit(f), x, w)
       times[1, j] = bench(jax.jit(lambda x, w, g, f=f: jax.vjp(lambda x: f(x, w), x)[1](g)[0]), x, w, g)
       times[2, j] = bench(jax.jit(lambda x, w, g, f=f: jax.vjp(lambda w: f(x, w), w)[1](g)[0]), x, w, g)
     if with_torch:
-      times[:, 2] = torch_times(args.batch, h, cin, cout, k, s)
+      times[:, -1] = torch_times(args.batch, h, cin, cout, k, s)
     if cin == 3:
       times[1] = 0.0  # the image needs no gradient
     total += count * times

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from peclr_jax import models
+from peclr_jax.models import onednn
 
 # RBG keys compile far faster than threefry on CPU (Flax init draws one key per parameter); values don't matter here.
 KEY = jax.random.key(0, impl="unsafe_rbg")
@@ -293,12 +294,14 @@ def test_cpu_conv_resnet_gradients_equal_xla_on_a_sharded_batch(monkeypatch):
   for a, b in zip(jax.tree.leaves(grads["cpu"]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 
-  # auto is cpu on this CPU backend: its forward pass leaves the 1x1 and 2x2-output convolutions to matmuls.
+  # cpu's forward pass leaves the 1x1 and 2x2-output convolutions to matmuls; auto on this CPU backend is onednn
+  # (its custom calls, the 1x1 convolutions as cpu's matmuls) when the extension loads, else cpu.
   def count(mode):
     m = models.create("resnet18", width=8, small_stem=True, conv=mode)
     return str(jax.make_jaxpr(lambda x: m.init_with_output(KEY, x, train=True)[0])(x[:2])).count("conv_general_dilated")
 
-  convs = {mode: count(mode) for mode in ("xla", "cpu", "auto")}
-  assert convs["auto"] == convs["cpu"] < convs["xla"], convs
+  convs = {mode: count(mode) for mode in ("xla", "cpu", "onednn", "auto")}
+  assert convs["cpu"] < convs["xla"], convs
+  assert convs["auto"] == convs["onednn" if onednn.available() is None else "cpu"], convs
   with pytest.raises(ValueError, match="conv"):
     models.create("resnet18", width=8, conv="fast").init(KEY, x[:2], train=True)

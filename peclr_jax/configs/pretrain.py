@@ -57,7 +57,7 @@ def get_config(arg="peclr"):
       proj_hidden=512,
       proj_out=128,
       rel_hidden=1024,
-      conv="auto",  # models.CONVS: xla, cpu (models/conv.py), auto (cpu on a CPU backend)
+      conv="auto",  # models.CONVS: xla, cpu (models/conv.py), onednn (models/onednn.py), auto (the fastest here)
       dtype="float32",
     )
   )  # models.DTYPES: bfloat16 is mixed precision (params and optimiser state stay float32)

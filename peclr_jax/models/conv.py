@@ -20,25 +20,51 @@ over the devices and each device works on its own images.
 
 import functools
 import itertools
+import logging
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from peclr_jax.models import onednn
+
 POSITIONS = 2048  # output positions per chunk and device: the fastest here for ResNet-18/50 at 64-128 px
 SMALL = 2  # outputs with at most this many positions a side are computed over their taps (im2col)
-MODES = ("auto", "xla", "cpu")  # config.model.conv
+MODES = ("auto", "xla", "cpu", "onednn")  # config.model.conv
 
 
 def impl(mode):
-  """flax `nn.Conv`'s conv_general_dilated for a config's model.conv: None (lax's) for xla, this module's for cpu;
-  auto is cpu on XLA's CPU backend and xla on accelerators."""
+  """flax `nn.Conv`'s conv_general_dilated for a config's model.conv: None (lax's) for xla, this module's for cpu,
+  oneDNN's custom calls (models/onednn.py) with this module's for what they do not cover for onednn. auto is onednn
+  on XLA's CPU backend when the extension loads, else cpu, and xla on accelerators; onednn that cannot load is cpu,
+  with one warning saying why."""
   if mode not in MODES:
     raise ValueError(f"conv must be one of {MODES}, got {mode!r}")
   if mode == "auto":
-    mode = "cpu" if jax.default_backend() == "cpu" else "xla"
-  return conv_general_dilated if mode == "cpu" else None
+    mode = AUTO_CPU if jax.default_backend() == "cpu" else "xla"
+  if mode == "onednn" and _onednn_missing():
+    mode = "cpu"
+  return {"xla": None, "cpu": conv_general_dilated, "onednn": onednn_or_cpu}[mode]
+
+
+AUTO_CPU = "onednn"  # what auto means on a CPU backend (falls to cpu when the extension cannot load)
+
+
+@functools.cache
+def _onednn_missing():
+  """Why the oneDNN extension is not loaded (warned once), or None."""
+  why = onednn.available()
+  if why is not None:
+    logging.warning("model.conv: oneDNN convolutions are unavailable (%s); using model.conv=cpu", why)
+  return why
+
+
+def onednn_or_cpu(lhs, rhs, *args, **kwargs):
+  """oneDNN's convolution where it applies, this module's elsewhere: 1x1 kernels stay matrix products here, which
+  run faster than oneDNN's strided 1x1 convolutions (benchmarks/conv.py)."""
+  y = None if rhs.shape[0] == rhs.shape[1] == 1 else onednn.try_conv(lhs, rhs, *args, **kwargs)
+  return conv_general_dilated(lhs, rhs, *args, **kwargs) if y is None else y
 
 
 def num_chunks(batch, positions_per_image, devices=None):
