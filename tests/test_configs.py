@@ -53,7 +53,7 @@ MODEL = [
   ("model.proj_hidden", "0", "an integer >= 1"),
   ("model.proj_out", "0", "an integer >= 1"),
   ("model.rel_hidden", "0", "an integer >= 1"),
-  ("model.conv", "fast", "one of auto, xla, cpu"),
+  ("model.conv", "fast", "one of auto, xla, cpu, onednn"),
   ("model.dtype", "float16", "one of float32, bfloat16"),
 ]
 RUN = [
