@@ -1,18 +1,13 @@
 // oneDNN convolutions as XLA CPU custom calls (jax.ffi): forward, gradient with respect to the input and with
 // respect to the weights, for channels-last activations and HWIO kernels, float32 or bfloat16.
 //
-// Every operand carries a leading group dimension G: x [G, n, H, W, C], w [G, KH, KW, C, O], y [G, n, OH, OW, O].
-// Group g is an independent convolution of its n images with its own kernel copy. The group dimension is what
-// XLA's batch partitioner shards (each device gets whole groups), so a convolution of a batch-sharded activation
-// runs on each device's images without gathering, and the weight gradient comes back per group, summed by the
-// caller (an all-reduce under a mesh).
-//
-// Attributes: strides (2 values) and pads (4 values: top, bottom, left, right). oneDNN primitives are created once
-// per (kind, dtype, shapes, strides, pads) and cached; their scratchpad is this thread's, so concurrent calls from
-// XLA's threads never share one.
+// Operands: x [N, H, W, C], w [KH, KW, C, O], y [N, OH, OW, O]; forward (x, w) -> y, backward data (dy, w) -> dx,
+// backward weights (x, dy) -> dw. Attributes: strides (2 values) and pads (4 values: top, bottom, left, right),
+// exact (models/onednn.py trims what no output reads). The primitives are created once per (kind, dtype, shapes,
+// strides, pads) and cached; their scratchpad is this thread's, so concurrent calls from XLA's threads never share
+// one. Sharding is the caller's: under a mesh each device calls this on its own images (custom_partitioning).
 
 #include <cstdint>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,7 +31,7 @@ dnnl::engine& Engine() {
 
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
-// The problem of one group: sizes in oneDNN's logical order (N, C, H, W) and (O, I, KH, KW).
+// One convolution: sizes in oneDNN's logical order (N, C, H, W) and (O, I, KH, KW).
 struct Problem {
   int kind;
   int dtype;  // 0 float32, 1 bfloat16
@@ -115,8 +110,8 @@ uint8_t* Scratch(std::vector<uint8_t>& buffer, size_t size) {
   return buffer.data();
 }
 
-// Runs one group: `act` is x (forward, backward weights) or dy (backward data), `other` is w (forward, backward
-// data) or dy (backward weights), `out` the result.
+// `act` is x (forward, backward weights) or dy (backward data), `other` is w (forward, backward data) or dy
+// (backward weights), `out` the result.
 void Run(const Problem& p, void* act, void* other, void* out) {
   const Compiled& c = Lookup(p);
   auto& engine = Engine();
@@ -160,30 +155,18 @@ ffi::Error Convolution(int kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result
       out->element_type() != type) {
     return ffi::Error::InvalidArgument("peclr_onednn: expected float32 or bfloat16 operands of one type");
   }
-  // x [G, n, H, W, C], w [G, KH, KW, C, O], y [G, n, OH, OW, O]: which buffer holds which depends on the kind.
+  // x [N, H, W, C], w [KH, KW, C, O], y [N, OH, OW, O]: which buffer holds which depends on the kind.
   auto x = kind == kBackwardData ? out->dimensions() : a.dimensions();
   auto y = kind == kForward ? out->dimensions() : (kind == kBackwardData ? a.dimensions() : b.dimensions());
   auto w = kind == kBackwardWeights ? out->dimensions() : b.dimensions();
-  if (x.size() != 5 || y.size() != 5 || w.size() != 5 || x[0] != y[0] || x[0] != w[0] || x[1] != y[1] ||
-      x[4] != w[3] || y[4] != w[4]) {
-    return ffi::Error::InvalidArgument("peclr_onednn: operand shapes do not make a grouped convolution");
+  if (x.size() != 4 || y.size() != 4 || w.size() != 4 || x[0] != y[0] || x[3] != w[2] || y[3] != w[3]) {
+    return ffi::Error::InvalidArgument("peclr_onednn: operand shapes do not make a convolution");
   }
   Problem p{kind,  type == ffi::DataType::BF16,
-            x[1],  x[4], x[2], x[3], w[4], w[1], w[2], y[2], y[3], strides[0], strides[1], pads[0], pads[1],
+            x[0],  x[3], x[1], x[2], w[3], w[0], w[1], y[1], y[2], strides[0], strides[1], pads[0], pads[1],
             pads[2], pads[3]};
-  const size_t item = ffi::ByteWidth(type);
-  const size_t x_group = x[1] * x[2] * x[3] * x[4] * item, y_group = y[1] * y[2] * y[3] * y[4] * item,
-               w_group = w[1] * w[2] * w[3] * w[4] * item;
-  auto* pa = static_cast<uint8_t*>(a.untyped_data());
-  auto* pb = static_cast<uint8_t*>(b.untyped_data());
-  auto* po = static_cast<uint8_t*>(out->untyped_data());
-  const size_t a_group = kind == kBackwardData ? y_group : x_group;
-  const size_t b_group = kind == kBackwardWeights ? y_group : w_group;
-  const size_t o_group = kind == kForward ? y_group : (kind == kBackwardData ? x_group : w_group);
   try {
-    for (int64_t g = 0; g < x[0]; ++g) {
-      Run(p, pa + g * a_group, pb + g * b_group, po + g * o_group);
-    }
+    Run(p, a.untyped_data(), b.untyped_data(), out->untyped_data());
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("peclr_onednn: ") + e.what());
   }

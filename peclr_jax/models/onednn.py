@@ -142,11 +142,10 @@ def fast(dtype):
 # The three custom calls, each partitioned over the batch.
 # ---------------------------------------------------------------------------------------------------------------
 def _call(kind, a, b, out_shape, strides, pads):
-  """One custom call on [n, ...] operands (the handler's group dimension G is 1 here)."""
-  out = jax.ffi.ffi_call(TARGETS[kind], jax.ShapeDtypeStruct((1, *out_shape), a.dtype))(
-    a[None], b[None], strides=np.asarray(strides, np.int64), pads=np.asarray(pads, np.int64).reshape(-1)
+  """One custom call (onednn.cc) on this device's operands."""
+  return jax.ffi.ffi_call(TARGETS[kind], jax.ShapeDtypeStruct(out_shape, a.dtype))(
+    a, b, strides=np.asarray(strides, np.int64), pads=np.asarray(pads, np.int64).reshape(-1)
   )
-  return out[0]
 
 
 def _batch_axes(sharding):
