@@ -196,7 +196,8 @@ def undo_torch(z, angle, shift):
   return torch.stack([c * p[..., 0] - s * p[..., 1], s * p[..., 0] + c * p[..., 1]], -1).flatten(1)
 
 
-def time_torch(model_name, objective, size, batch, steps, dtype):
+def torch_step(model_name, objective, size, batch, dtype):
+  """PyTorch's pretraining step on one fixed host batch, as a function of no arguments."""
   import contextlib
 
   import torch
@@ -237,6 +238,11 @@ def time_torch(model_name, objective, size, batch, steps, dtype):
     opt.step()
     return loss
 
+  return step
+
+
+def time_torch(model_name, objective, size, batch, steps, dtype):
+  step = torch_step(model_name, objective, size, batch, dtype)
   step()  # warm-up
   t0 = time.perf_counter()
   for _ in range(steps):
