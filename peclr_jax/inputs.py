@@ -21,6 +21,7 @@ RULES = {
   "synthetic_train": validate.COUNT,
   "synthetic_eval": validate.integer(0),
   "synthetic_seed": validate.integer(),
+  "synthetic_style": validate.one_of(tuple(synthetic.STYLES)),
   "val_fraction": validate.number(0, 1, hi_open=True),
   "mix_roots": validate.PATHS,
   "host_size": validate.COUNT,
@@ -35,7 +36,12 @@ def source(data, split: str = "training"):
   """The source named by config.data (the embedded set is rendered first when missing)."""
   if data.name == "synthetic":
     synthetic.generate(
-      data.root, data.synthetic_train, data.synthetic_eval, data.synthetic_seed, progress=jax.process_index() == 0
+      data.root,
+      data.synthetic_train,
+      data.synthetic_eval,
+      data.synthetic_seed,
+      style=synthetic.STYLES[data.synthetic_style](),
+      progress=jax.process_index() == 0,
     )
     data = dict(data, name="freihand")
   if data["name"] == "freihand":

@@ -56,6 +56,9 @@ def _flags(fv, argv):
   flags.DEFINE_integer("train", 4000, "training hands to render", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("eval", 500, "evaluation hands to render", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "the embedded set's seed", flag_values=fv)
+  flags.DEFINE_enum(
+    "style", "legacy", list(synthetic.STYLES), "the embedded hands (peclr-synthetic --style)", flag_values=fv
+  )
   flags.DEFINE_enum("objective", "peclr", OBJECTIVES, "the pretraining objective", flag_values=fv)
   flags.DEFINE_integer("steps", None, "pretraining steps (default: the cpu config's)", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer(
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     loop.make_workdir(args.workdir)
 
   t0 = time.perf_counter()
-  wrote = synthetic.generate(args.data, args.train, args.eval, args.seed)
+  wrote = synthetic.generate(args.data, args.train, args.eval, args.seed, style=synthetic.STYLES[args.style]())
   print(f"embedded data: {args.data} ({'rendered' if wrote else 'cached'}, {time.perf_counter() - t0:.1f} s)")
   summary = {s: summarize(args.data, s) for s in freihand.SPLITS}
   with open(os.path.join(args.data, synthetic.MANIFEST)) as f:
@@ -96,9 +99,20 @@ def main(argv: list[str] | None = None) -> None:
     pretrain_and_compare(args, t0)
 
 
+def embedded(args):
+  """config.data's fields for the embedded set the flags name."""
+  return dict(
+    root=args.data,
+    synthetic_train=args.train,
+    synthetic_eval=args.eval,
+    synthetic_seed=args.seed,
+    synthetic_style=args.style,
+  )
+
+
 def pretrain_and_compare(args, t0):
   config = configs.load(f"pretrain:{args.objective},cpu")
-  config.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
+  config.data.update(embedded(args))
   if args.steps:
     config.total_steps = args.steps
   t = time.perf_counter()
@@ -118,7 +132,7 @@ def pretrain_and_compare(args, t0):
   rows = []
   for name, encoder in ((args.objective, pre_dir), ("random_init", "")):
     c = configs.load("probe:linear,cpu")
-    c.data.update(root=args.data, synthetic_train=args.train, synthetic_eval=args.eval, synthetic_seed=args.seed)
+    c.data.update(embedded(args))
     c.encoder = encoder
     if args.probe_steps:
       c.total_steps = args.probe_steps

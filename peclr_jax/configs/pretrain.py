@@ -34,6 +34,7 @@ def get_config(arg="peclr"):
       synthetic_train=20000,
       synthetic_eval=1000,
       synthetic_seed=0,
+      synthetic_style="legacy",  # synthetic.STYLES
       val_fraction=0.0,  # ids held out of pretraining (FreiHAND-style split over unique ids)
       mix_roots=(),  # more FreiHAND-layout roots mixed into the training split with equal weight
       host_size=160,  # host crop side (px); the in-jit augmentation crops and resizes from it

@@ -6,14 +6,17 @@ writes `training/rgb/%08d.jpg` (224x224), `training/mask/%08d.jpg`, `training_{x
 `evaluation`, so `freihand.FreiHand` reads it unchanged. Deterministic by seed: each sample draws from
 `default_rng([seed, split, id, version])`, so files are byte-identical whatever the worker count.
 
-The hand: a 21-joint skeleton (FreiHAND order) with anthropometric bone lengths scaled per sample, joint angles
-inside per-joint limits, poses from a mix of open / fist / pinch / point / uniform, a uniform random 3D rotation
-and a distance of 0.3-0.8 m in front of a FreiHAND-like camera. Rendering is deferred and z-buffered at 2x2
-supersampling inside the hand's bounding box: finger segments are round cones (screen-space impostors with 3D
-normals and depth), the palm is a ray-traced ellipsoid plus capsules, shading is wrapped Lambert + Blinn-Phong
-with a per-sample light, skin tone and colour cast, composited over gradient / noise / shape / clutter
-backgrounds. Training images can come in several *versions* (file index = id + n * v, as FreiHAND's 4): same
-hand and mask, new background, light and skin.
+The hand (`hand_model`): a 21-joint skeleton (FreiHAND order) with anthropometric bone lengths scaled per sample, a
+pose from a gesture's synergies, held in front of a FreiHAND-like camera 0.3-0.8 m away with the palm or the back
+towards it and the forearm entering from outside the image (`Style` keeps the older per-joint poses and uniform 3-D
+orientations as options). Rendering is deferred and z-buffered at 2x2 supersampling inside the hand's bounding box:
+finger segments are round cones (screen-space impostors with 3D normals and depth), the palm is a ray-traced
+ellipsoid plus capsules; nails on the backs of the last segments, knuckles, a palm lighter than the back, creases
+at the finger joints and across the palm, a skin texture, screen-space self-shadowing, a sleeve or a bare forearm,
+an object in a grasp or passing in front. Shading is wrapped Lambert + Blinn-Phong with a per-sample light, skin
+tone and colour cast, composited over patterns or photo-like scenes (`backgrounds`). Training images can come in
+several *versions* (file index = id + n * v, as FreiHAND's 4): same hand, pose, camera and mask, new background,
+light, skin and clothing.
 """
 
 import dataclasses
@@ -26,49 +29,14 @@ import time
 
 import numpy as np
 from absl import flags
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+from peclr_jax.data import backgrounds
+from peclr_jax.data import hand_model as H
 
 SIZE = 224
 SS = 2  # supersampling factor per axis
 CM = 0.01
-
-# ---------------------------------------------------------------------------------------------------------------
-# The hand model (palm frame, cm: x radial / thumb side, y distal, z palmar; a right-handed frame = a right hand).
-# ---------------------------------------------------------------------------------------------------------------
-# MCP joints of index, middle, ring, little and the thumb's CMC (FreiHAND joint 1).
-FINGER_BASES = np.array([[2.4, 8.6, 0.0], [0.5, 8.9, 0.0], [-1.3, 8.4, 0.0], [-3.0, 7.6, 0.0]])
-THUMB_BASE = np.array([2.2, 2.8, 0.9])
-# Joint-centre distances (cm) MCP->PIP->DIP->tip; thumb CMC->MCP->IP->tip (middle MCP->PIP is the `scale` bone).
-FINGER_LENGTHS = np.array([[3.9, 2.3, 2.0], [4.3, 2.7, 2.2], [4.0, 2.6, 2.2], [3.2, 1.9, 1.9]])
-THUMB_LENGTHS = np.array([4.0, 3.1, 2.6])
-# Radii (cm) at the 4 joints of each finger, thumb first (FreiHAND finger order).
-RADII = np.array(
-  [
-    [1.35, 1.05, 0.92, 0.8],
-    [0.98, 0.86, 0.76, 0.7],
-    [1.02, 0.9, 0.78, 0.72],
-    [0.95, 0.83, 0.74, 0.68],
-    [0.85, 0.73, 0.66, 0.6],
-  ]
-)
-FAN = np.radians([8.0, 0.0, -8.0, -17.0])  # rest direction of each finger, about the palm normal
-SPREAD_SIGN = np.array([-1.0, 1.0, 1.0, 1.0])  # positive abduction spreads away from the middle finger
-# Thumb rest frame: swing the distal axis 50 deg radially, then pronate -60 deg so flexion sweeps across the palm.
-THUMB_SWING, THUMB_PRONATION = np.radians(-50.0), np.radians(-60.0)
-
-# Joint limits in degrees: per finger [abduction, MCP, PIP, DIP]; thumb [CMC abduction, CMC flexion, MCP, IP].
-FINGER_LIMITS = np.array([[-20, 20], [-15, 90], [0, 110], [-5, 80]], np.float64)
-THUMB_LIMITS = np.array([[-15, 45], [-15, 60], [-10, 60], [-15, 80]], np.float64)
-SIZE_RANGE = (0.85, 1.15)  # global hand size factor
-BONE_JITTER = 0.04  # extra per-bone length variation (fraction)
-
-# Pose families: (low, high) in degrees for [abd, mcp, pip, dip] (fingers) and thumb [abd, cmc, mcp, ip].
-POSES = {
-  "open": ([[-5, 15], [-10, 20], [0, 25], [0, 15]], [[10, 45], [-10, 15], [-5, 20], [-10, 20]]),
-  "fist": ([[-5, 5], [65, 90], [80, 110], [40, 80]], [[-10, 10], [30, 60], [30, 60], [20, 60]]),
-  "pinch": ([[-5, 5], [25, 50], [35, 70], [20, 50]], [[10, 30], [25, 45], [10, 35], [0, 30]]),
-}
-POSE_MIX = {"open": 0.25, "fist": 0.2, "pinch": 0.15, "point": 0.15, "random": 0.25}
 
 SKIN_TONES = (
   np.array(
@@ -77,98 +45,79 @@ SKIN_TONES = (
   )
   / 255.0
 )
+# Materials of the rendered primitives; skin and nails make the mask.
+SKIN, NAIL, SLEEVE, OBJECT = range(4)
+HAND_MATERIALS = (SKIN, NAIL)
 
 
 @dataclasses.dataclass(frozen=True)
 class Style:
-  """Rendering options; two styles make two data domains (e.g. for cross-dataset studies)."""
+  """Rendering options; two styles make two data domains (e.g. for cross-dataset studies).
+
+  The defaults are the first renderer's (per-joint poses, uniform 3-D orientations, no cues); `Style.lifelike()`
+  holds hands as a camera sees them, with a gesture's pose and the cues a real hand has."""
 
   distance: tuple[float, float] = (0.3, 0.8)  # metres from the camera to the hand's centroid
   skin: tuple[float, float] = (0.0, 1.0)  # range of the skin-tone palette, light (0) to dark (1)
-  backgrounds: tuple[str, ...] = ("gradient", "noise", "shapes", "clutter", "plain")
-  forearm: float = 0.6  # probability of a forearm stub (drawn as skin and part of the mask)
+  backgrounds: tuple[str, ...] = backgrounds.PATTERNS  # some of backgrounds.KINDS
+  forearm: float = 0.6  # probability of a forearm (skin, or a sleeve from the cuff on)
   offset: float = 0.08  # max offset of the projected centroid from the centre, fraction of the image
+  pose: str = "families"  # one of hand_model.POSE_SAMPLERS
+  view: str = "uniform"  # one of hand_model.VIEW_SAMPLERS
+  tilt: float = 55.0  # held: the palm normal's largest angle (deg) from the viewing axis
+  free: float = 0.1  # held: share of arbitrary 3-D orientations
+  sleeve: float = 0.0  # share of forearms in a sleeve
+  objects: float = 0.0  # share of images with an object: held in a grasp, else passing in front of the hand
+  cues: bool = False  # nails, knuckles, palm lighter than the back, creases, skin texture, self-shadowing
+
+  @staticmethod
+  def lifelike(**kw):
+    kw = dict(
+      dict(
+        backgrounds=backgrounds.KINDS, forearm=1.0, pose="gestures", view="held", sleeve=0.5, objects=0.3, cues=True
+      ),
+      **kw,
+    )
+    return Style(**kw)
 
 
-def _rot(axis, angle):
-  """Rotation matrices about a coordinate axis (0, 1, 2) by `angle` radians."""
-  c, s = np.cos(angle), np.sin(angle)
-  i, j = [(1, 2), (2, 0), (0, 1)][axis]
-  r = np.eye(3)
-  r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-  return r
+STYLES = {"legacy": Style, "lifelike": Style.lifelike}
 
 
-def random_rotation(rng):
-  """Uniform random rotation (from a uniform unit quaternion)."""
-  q = rng.normal(size=4)
-  w, x, y, z = q / np.linalg.norm(q)
-  return np.array(
-    [
-      [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-  )
+@dataclasses.dataclass
+class Prim:
+  """A primitive to z-buffer: a round cone (p0, p1, r0, r1; a sphere when p0 == p1) or an ellipsoid (centre, axes
+  as columns). `palmar` is the unit direction of the hand's palm side there (camera frame). `part` says what of the
+  hand it is: FINGER (a proximal or middle segment: creased at both ends on the palm side), TIP (a last segment:
+  creased at its base, a nail on its back), PALM (the palm's lines) or 0."""
+
+  kind: str
+  args: tuple
+  material: int = SKIN
+  palmar: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
+  part: int = 0
 
 
-def finger_rest_frames():
-  """Rest frames (columns x, y, z) of the 4 fingers and the thumb in the palm frame."""
-  fingers = [_rot(2, f) for f in FAN]
-  thumb = _rot(2, THUMB_SWING) @ _rot(1, THUMB_PRONATION)
-  return fingers, thumb
-
-
-def sample_pose(rng, kind=None):
-  """Joint angles in degrees: fingers [4, 4] (abd, MCP, PIP, DIP), thumb [4] (abd, CMC, MCP, IP)."""
-  kind = kind or rng.choice(list(POSE_MIX), p=list(POSE_MIX.values()))
-  uniform = lambda lim: rng.uniform(lim[..., 0], lim[..., 1])
-  if kind == "random":
-    fingers, thumb = uniform(np.tile(FINGER_LIMITS, (4, 1, 1))), uniform(THUMB_LIMITS)
-  elif kind == "point":
-    open_, fist = (np.array(POSES[k][0], float) for k in ("open", "fist"))
-    fingers = np.stack([uniform(open_)] + [uniform(fist) for _ in range(3)])
-    thumb = uniform(np.array(POSES[rng.choice(["open", "fist"])][1], float))
-  else:
-    f_lim, t_lim = (np.array(x, float) for x in POSES[kind])
-    fingers, thumb = uniform(np.tile(f_lim, (4, 1, 1))), uniform(t_lim)
-    if kind == "pinch":  # the other fingers anywhere between open and fist
-      w = rng.uniform(size=(3, 1))
-      lo, hi = (np.array(POSES[k][0], float) for k in ("open", "fist"))
-      fingers[1:] = (1 - w) * uniform(np.tile(lo, (3, 1, 1))) + w * uniform(np.tile(hi, (3, 1, 1)))
-  fingers = np.clip(fingers + rng.normal(0, 3, fingers.shape), FINGER_LIMITS[:, 0], FINGER_LIMITS[:, 1])
-  thumb = np.clip(thumb + rng.normal(0, 3, thumb.shape), THUMB_LIMITS[:, 0], THUMB_LIMITS[:, 1])
-  return fingers, thumb
-
-
-def forward_kinematics(fingers, thumb, lengths_f, length_t, size=1.0):
-  """Joint positions [21, 3] in the palm frame (cm) for angles in degrees; wrist at the origin."""
-  frames, thumb_frame = finger_rest_frames()
-  xyz = np.zeros((21, 3))
-  chains = [(THUMB_BASE, thumb_frame, thumb, length_t)]
-  chains += [(FINGER_BASES[f], frames[f], fingers[f] * [SPREAD_SIGN[f], 1, 1, 1], lengths_f[f]) for f in range(4)]
-  for f, (base, frame, ang, lengths) in enumerate(chains):
-    a = np.radians(ang)
-    r = frame @ _rot(2, a[0]) @ _rot(0, a[1])  # abduction about the normal, then flexion towards the palm
-    p = base * size
-    xyz[1 + 4 * f] = p
-    for k in range(3):
-      if k:
-        r = r @ _rot(0, a[k + 1])
-      p = p + r[:, 1] * lengths[k]
-      xyz[2 + 4 * f + k] = p
-  return xyz
+FINGER, TIP, PALM = 1, 2, 3
 
 
 def sample_hand(rng, style=Style()):
-  """Samples a hand: camera-frame joints (m), K, and the 3D primitives to draw."""
-  size = rng.uniform(*SIZE_RANGE)
-  jitter = lambda shape: 1 + rng.uniform(-BONE_JITTER, BONE_JITTER, shape)
-  lengths_f, length_t = FINGER_LENGTHS * size * jitter((4, 3)), THUMB_LENGTHS * size * jitter(3)
-  fingers, thumb = sample_pose(rng)
-  local = forward_kinematics(fingers, thumb, lengths_f, length_t, size) * CM
-  radii = RADII * size * CM * rng.uniform(0.92, 1.08)
-  rot = random_rotation(rng)
+  """Samples a hand: camera-frame joints (m), K, the primitives to draw and what was drawn (gesture, view)."""
+  size = rng.uniform(*H.SIZE_RANGE)
+  jitter = lambda shape: 1 + rng.uniform(-H.BONE_JITTER, H.BONE_JITTER, shape)
+  lengths_f, length_t = H.FINGER_LENGTHS * size * jitter((4, 3)), H.THUMB_LENGTHS * size * jitter(3)
+  if style.pose == "families":
+    fingers, thumb = H.sample_families(rng)
+    gesture = "families"
+  else:
+    fingers, thumb, gesture = H.sample_gestures(rng)
+  local, frames = H.forward_kinematics(fingers, thumb, lengths_f, length_t, size)
+  local = local * CM
+  radii = H.RADII * size * CM * rng.uniform(0.92, 1.08)
+  if style.view == "uniform":
+    rot, view = H.random_rotation(rng), "free"
+  else:
+    rot, view = H.held_rotation(rng, style.tilt, style.free)
   fx = 388.9 * rng.uniform(0.97, 1.03)
   K = np.array(
     [[fx, 0, 112 + rng.uniform(-2, 2)], [0, fx * rng.uniform(0.995, 1.005), 112 + rng.uniform(-2, 2)], [0, 0, 1]]
@@ -182,28 +131,78 @@ def sample_hand(rng, style=Style()):
   # Palm frame axes in camera coordinates, for the palm body and the forearm.
   ex, ey, ez = rot[:, 0], rot[:, 1], rot[:, 2]
   s = size * CM
-  cones = []  # (p0, p1, r0, r1) in metres
+  prims = []
   for f in range(5):
     j = 1 + 4 * f
     for k in range(3):
-      cones.append((xyz[j + k], xyz[j + k + 1], radii[f, k], radii[f, k + 1]))
+      palmar = rot @ frames[f, k][:, 2]
+      part = (TIP if k == 2 else FINGER) if style.cues else 0
+      prims.append(Prim("cone", (xyz[j + k], xyz[j + k + 1], radii[f, k], radii[f, k + 1]), SKIN, palmar, part))
   w = xyz[0]
   wrist_r, wrist_u = w + ex * 1.6 * s, w - ex * 1.9 * s
   palm_r = 1.25 * s
-  cones += [
+  for p0, p1, r0, r1 in [
     (xyz[5], xyz[17], 1.05 * s, 0.95 * s),  # knuckle row
     (wrist_r, xyz[5], palm_r, 1.05 * s),
     (wrist_u, xyz[17], palm_r, 0.95 * s),
     (wrist_r, wrist_u, 1.3 * s, 1.3 * s),
-    (wrist_r, xyz[2], 1.3 * s, radii[0, 1]),
-  ]  # thenar
+    (wrist_r, xyz[2], 1.3 * s, radii[0, 1]),  # thenar
+  ]:
+    prims.append(Prim("cone", (p0, p1, r0, r1), SKIN, ez))
+  if style.cues:  # knuckles: bumps on the back of the MCP joints
+    for f in range(1, 5):
+      j = 1 + 4 * f
+      knuckle = xyz[j] - ez * 0.45 * radii[f, 0] + (xyz[j + 1] - xyz[j]) * 0.08
+      prims.append(Prim("cone", (knuckle, knuckle, 0.62 * radii[f, 0], 0.62 * radii[f, 0]), SKIN, ez))
   if rng.uniform() < style.forearm:
-    arm = w - ey * rng.uniform(8, 14) * s
-    cones.append((w - ey * 0.5 * s, arm, 2.1 * s, 2.5 * s))
+    prims += _forearm(rng, w, ex, ey, ez, s, style)
   # Palm: an ellipsoid spanning wrist to knuckles (semi-axes radial, distal, palmar).
   centre_p = to_cam(np.array([0.0, 4.6, -0.1]) * s)
   axes = np.stack([ex * 3.8 * s, ey * 4.6 * s, ez * 1.35 * s], 1)
-  return dict(xyz=xyz, K=K, cones=cones, ellipsoid=(centre_p, axes))
+  prims.append(Prim("ellipsoid", (centre_p, axes), SKIN, ez, PALM if style.cues else 0))
+  if style.objects and rng.uniform() < style.objects:
+    prims.append(_object(rng, gesture, to_cam, ex, ey, ez, s, xyz))
+  return dict(xyz=xyz, K=K, prims=prims, gesture=gesture, view=view, rot=rot)
+
+
+def _forearm(rng, w, ex, ey, ez, s, style):
+  """The forearm from the wrist. Held: bent at the wrist, long enough to leave the image, cut before the camera
+  plane, in a sleeve from the cuff on when the style has sleeves; uniform views: a short stub in line with the
+  palm."""
+  start = w - ey * 0.5 * s
+  if style.view == "uniform":
+    return [Prim("cone", (start, w - ey * rng.uniform(8, 14) * s, 2.1 * s, 2.5 * s), SKIN, ez)]
+  bend = H._rot(0, np.radians(rng.uniform(-35, 35))) @ H._rot(2, np.radians(rng.uniform(-15, 20)))
+  axis = np.stack([ex, ey, ez], 1) @ bend @ np.array([0.0, -1.0, 0.0])
+  length = rng.uniform(40, 60)  # cm, scaled by the hand
+  end = w + axis * length * s
+  near = 0.08  # m: keep the far end in front of the camera
+  if end[2] < near:
+    end = start + (end - start) * (start[2] - near) / max(start[2] - end[2], 1e-9)
+  r0, r1 = 2.1 * s, (2.1 + 0.012 * length) * s
+  if not style.sleeve or rng.uniform() >= style.sleeve:
+    return [Prim("cone", (start, end, r0, r1), SKIN, ez)]
+  t = rng.uniform(0.1, 0.35)  # the cuff, as a share of the arm
+  cuff, rc = start + (end - start) * t, r0 + (r1 - r0) * t
+  return [Prim("cone", (start, cuff, r0, rc), SKIN, ez), Prim("cone", (cuff, end, 1.3 * rc, 1.3 * r1), SLEEVE, ez)]
+
+
+def _object(rng, gesture, to_cam, ex, ey, ez, s, xyz):
+  """A grasped object (a bar across the palm or a ball) or, for other gestures, a bar passing in front."""
+  if gesture == "grasp":
+    r = rng.uniform(1.6, 3.6) * s
+    c = to_cam(np.array([0.2, 7.8, 0.0]) * s) + ez * (1.3 * s + r)
+    if rng.uniform() < 0.5:
+      return Prim("cone", (c, c, r, r), OBJECT, -ez)
+    half = rng.uniform(5, 10) * s
+    return Prim("cone", (c - ex * half, c + ex * half, r, r), OBJECT, -ez)
+  # In front: a bar at a random in-plane angle, some centimetres nearer than the hand.
+  c = xyz.mean(0) + rng.uniform(-3, 3, 3) * s * [1, 1, 0]
+  c[2] -= rng.uniform(3, 8) * s
+  ang = rng.uniform(0, np.pi)
+  d = np.array([np.cos(ang), np.sin(ang), rng.uniform(-0.3, 0.3)]) * rng.uniform(8, 15) * s
+  r = rng.uniform(0.4, 1.5) * s
+  return Prim("cone", (c - d, c + d, r, r), OBJECT, np.array([0.0, 0.0, 1.0]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,41 +212,88 @@ def _project(p, K):
   return np.array([K[0, 0] * p[0] / p[2] + K[0, 2], K[1, 1] * p[1] / p[2] + K[1, 2]])
 
 
+def _screen_box(prim, K):
+  """(function, low corner, high corner) of a primitive's footprint in supersampled pixels."""
+  if prim.kind == "cone":
+    p0, p1, r0, r1 = prim.args
+    a, b = _project(p0, K) * SS, _project(p1, K) * SS
+    ra, rb = K[0, 0] * r0 / p0[2] * SS, K[0, 0] * r1 / p1[2] * SS
+    return (_cone, np.minimum(a - ra, b - rb), np.maximum(a + ra, b + rb), (a, b, ra, rb, p0, p1, r0, r1))
+  c, axes = prim.args
+  corners = c + np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]) @ axes.T
+  pts = np.array([_project(p, K) for p in corners]) * SS
+  return (_ellipsoid, pts.min(0), pts.max(0), (c, axes))
+
+
 def render_geometry(h):
   """Z-buffers the hand at SS x SS supersampling inside its screen box and pools it to output pixels.
 
-  Returns (box as output-pixel slices, summed unit normals [h, w, 3], coverage [h, w] in [0, 1]).
+  Returns a dict: `box` (output-pixel slices), `normal` (summed unit normals [3][h, w]), `cover` (coverage [h, w]
+  in [0, 1]), `materials` (coverage per material [4][h, w]), `palm` (skin coverage weighted by how much the surface
+  faces the palm side), `crease` (coverage weighted by crease darkness), and at supersampled resolution `depth`
+  (inf where empty) with its pixel grid, for the per-version shadows.
   """
   K, n = h["K"], SIZE * SS
-  prims = []
-  for p0, p1, r0, r1 in h["cones"]:
-    a, b = _project(p0, K) * SS, _project(p1, K) * SS
-    ra, rb = K[0, 0] * r0 / p0[2] * SS, K[0, 0] * r1 / p1[2] * SS
-    lo, hi = np.minimum(a - ra, b - rb), np.maximum(a + ra, b + rb)
-    prims.append((_cone, lo, hi, (a, b, ra, rb, p0, p1, r0, r1)))
-  c, axes = h["ellipsoid"]
-  corners = c + np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]) @ axes.T
-  pts = np.array([_project(p, K) for p in corners]) * SS
-  prims.append((_ellipsoid, pts.min(0), pts.max(0), (c, axes)))
+  prims = [(_screen_box(p, K), p) for p in h["prims"]]
   # Box snapped to whole output pixels so the supersamples pool exactly.
-  lo = np.clip(np.floor(np.min([p[1] for p in prims], 0) / SS) * SS, 0, n).astype(int)
-  hi = np.clip(np.ceil((np.max([p[2] for p in prims], 0) + 1) / SS) * SS, 0, n).astype(int)
+  lo = np.clip(np.floor(np.min([b[1] for b, _ in prims], 0) / SS) * SS, 0, n).astype(int)
+  hi = np.clip(np.ceil((np.max([b[2] for b, _ in prims], 0) + 1) / SS) * SS, 0, n).astype(int)
   x0, y0, x1, y1 = lo[0], lo[1], hi[0], hi[1]
   depth = np.full((y1 - y0, x1 - x0), np.inf, np.float32)
-  for fn, plo, phi, args in prims:
+  ids = np.full(depth.shape, -1, np.int16)
+  axial = np.zeros(depth.shape, np.float32)  # a cone's t in [0, 1] from p0 to p1
+  lines = np.zeros(depth.shape, np.float32)  # the palm's creases
+  for k, ((fn, plo, phi, args), prim) in enumerate(prims):
     px0, py0 = np.clip(np.floor(plo).astype(int), [x0, y0], [x1, y1])
     px1, py1 = np.clip(np.ceil(phi).astype(int) + 1, [x0, y0], [x1, y1])
     if px1 > px0 and py1 > py0:
       u = np.arange(px0, px1, dtype=np.float32)[None, :] + 0.5
       v = np.arange(py0, py1, dtype=np.float32)[:, None] + 0.5
-      win = depth[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0]
-      np.minimum(win, fn(u, v, K, *args), out=win)
+      win = np.s_[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0]
+      z, aux = fn(u, v, K, *args)
+      closer = z < depth[win]
+      depth[win][closer] = z[closer]
+      ids[win][closer] = k
+      if prim.kind == "cone":
+        axial[win][closer] = aux[closer]
+      elif prim.part == PALM:
+        lines[win][closer] = _palm_lines(*aux)[closer]
   u = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5) / SS
   v = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5) / SS
-  covered = np.isfinite(depth)
+  covered = ids >= 0
   normal = depth_normals(np.where(covered, depth, 0), covered, u, v, K)
+  table = lambda attr, empty: np.array([getattr(p, attr) for _, p in prims] + [empty])[ids]  # id -1: `empty`
+  material, part = table("material", -1), table("part", 0)
+  palmar = table("palmar", np.zeros(3)).astype(np.float32)
+  # Visible surfaces' normals face the camera, so the palm side is where they point along the palm direction.
+  facing = normal[0] * palmar[..., 0] + normal[1] * palmar[..., 1] + normal[2] * palmar[..., 2]
+  material[(part == TIP) & (axial > 0.5) & (facing < -0.6)] = NAIL  # within about 50 deg of the back
+  palm = np.clip(0.5 + 2.0 * facing, 0, 1) * (material == SKIN)
+  crease = lines + np.exp(-((axial / 0.03) ** 2)) * ((part == FINGER) | (part == TIP))
+  crease += np.exp(-(((1 - axial) / 0.03) ** 2)) * (part == FINGER)
   box = np.s_[y0 // SS : y1 // SS, x0 // SS : x1 // SS]
-  return box, [_pool(c * covered) for c in normal], _pool(covered.astype(np.float32)) / SS**2
+  return dict(
+    box=box,
+    normal=[_pool(c * covered) for c in normal],
+    cover=_pool(covered.astype(np.float32)) / SS**2,
+    materials=[_pool((material == m).astype(np.float32)) / SS**2 for m in range(4)],
+    palm=_pool(palm) / SS**2,
+    crease=_pool(np.minimum(crease, 1) * (palm > 0.3)) / SS**2,
+    depth=depth,
+    uv=(u, v),
+  )
+
+
+def _palm_lines(qx, qy, qz):
+  """Crease darkness in [0, 1] of the palm's three lines, at points of the palm ellipsoid in its unit-sphere
+  coordinates (x radial, y distal, z palmar)."""
+  lines = np.zeros_like(qx)
+  for a, b, lo, hi in ((0.62, 0.1, -1.0, 0.35), (0.33, 0.17, -0.6, 0.75)):  # distal and proximal transverse
+    d = np.abs(qy - a - b * qx) / np.sqrt(1 + b * b)
+    lines += np.exp(-((d / 0.03) ** 2)) * ((qx > lo) & (qx < hi))
+  r = np.sqrt(((qx - 0.85) / 0.55) ** 2 + ((qy + 0.2) / 0.7) ** 2)  # the thenar crease, around the thumb's base
+  lines += np.exp(-(((r - 1) * 0.6 / 0.03) ** 2)) * ((qx < 0.85) & (qy > -0.85) & (qy < 0.5))
+  return np.minimum(lines, 1) * (qz > 0.2)
 
 
 def _pool(a):
@@ -282,7 +328,8 @@ def depth_normals(z, covered, u, v, K):
 
 
 def _cone(u, v, K, a, b, ra, rb, p0, p1, r0, r1):
-  """Depth of a round-cone impostor on a pixel grid (supersampled px), inf outside."""
+  """(depth, axial position t in [0, 1]) of a round-cone impostor on a pixel grid (supersampled px); depth inf
+  outside."""
   # Scalars as Python floats: NumPy 2 would promote float32 arrays to float64 for numpy float64 scalars.
   (ax, ay), (bx, by), ra, rb = a.tolist(), b.tolist(), float(ra), float(rb)
   z0, z1, r0, r1 = float(p0[2]), float(p1[2]), float(r0), float(r1)
@@ -294,11 +341,12 @@ def _cone(u, v, K, a, b, ra, rb, p0, p1, r0, r1):
   s2 = 1 - (dx * dx + dy * dy) / (rad * rad)
   z = z0 + t * (z1 - z0) - (r0 + t * (r1 - r0)) * np.sqrt(np.maximum(s2, 0))
   z[s2 <= 0] = np.inf
-  return z
+  return z, t
 
 
 def _ellipsoid(u, v, K, c, axes):
-  """Depth of the exact ray-ellipsoid intersection for rays through pixel centres, inf where missed."""
+  """(depth of the exact ray-ellipsoid intersection for rays through pixel centres, inf where missed; the hit
+  point in the unit-sphere coordinates of the axes)."""
   m = np.linalg.inv(axes)
   o = -m @ c
   oo, o, m = float(o @ o), o.tolist(), m.tolist()  # Python floats keep the arrays float32
@@ -309,61 +357,53 @@ def _ellipsoid(u, v, K, c, axes):
   disc = qb * qb - 4 * qa * (oo - 1)
   z = (-qb - np.sqrt(np.maximum(disc, 0))) / (2 * qa)
   z[disc <= 0] = np.inf
-  return z
+  hit = np.where(disc > 0, z, 0)
+  return z, tuple(o[i] + hit * dm[i] for i in range(3))
 
 
-def background(rng, kinds):
-  """A 224x224 RGB uint8 background: plain, gradient, noise texture, shapes or clutter."""
-  kind = rng.choice(kinds)
-  c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-  if kind == "plain":
-    img = Image.new("RGB", (SIZE, SIZE), tuple(int(c) for c in c0))
-  elif kind in ("gradient", "shapes"):
-    # A linear ramp is exact under bilinear upsampling, so build it at 8x8.
-    ang = rng.uniform(0, 2 * np.pi)
-    g = (np.arange(8) + 0.5) / 8 * 2 - 1
-    t = (np.cos(ang) * g[None, :] + np.sin(ang) * g[:, None]) * 0.5 + 0.5
-    low = (c0 + t[..., None] * (c1 - c0)).astype(np.uint8)
-    img = Image.fromarray(low).resize((SIZE, SIZE), Image.BILINEAR, box=(0.5, 0.5, 7.5, 7.5))
-  else:  # noise texture: octaves of upsampled random colours
-    cells = rng.choice([3, 6, 12, 24, 48], size=3, replace=False)
-    octave = lambda c: Image.fromarray(rng.integers(0, 256, (c, c, 3), dtype=np.uint8)).resize(
-      (SIZE, SIZE), Image.BICUBIC
-    )
-    img = octave(cells[0])
-    for k, c in enumerate(cells[1:]):
-      img = Image.blend(img, octave(c), 0.5 / (k + 1))
-  if kind in ("shapes", "clutter"):
-    draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(3, 8) if kind == "shapes" else rng.integers(12, 30)):
-      fill = tuple(int(x) for x in rng.integers(0, 256, 3))
-      x, y = rng.uniform(-20, SIZE + 20, 2)
-      r = rng.uniform(4, 60) if kind == "shapes" else rng.uniform(2, 25)
-      shape = rng.integers(4)
-      if shape == 0:
-        draw.ellipse([x - r, y - r * rng.uniform(0.3, 1), x + r, y + r], fill=fill)
-      elif shape == 1:
-        draw.rectangle([x - r, y - r * rng.uniform(0.3, 1), x + r, y + r], fill=fill)
-      elif shape == 2:
-        pts = [(x + r * np.cos(a), y + r * np.sin(a)) for a in np.sort(rng.uniform(0, 2 * np.pi, 5))]
-        draw.polygon(pts, fill=fill)
-      else:
-        draw.line([x, y, *rng.uniform(0, SIZE, 2)], fill=fill, width=int(rng.integers(1, 6)))
-    if rng.uniform() < 0.5:
-      img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.5, 2.0)))
-  return np.array(img)
+def _shadow(g, light, K):
+  """Share of each output pixel's supersamples that a nearer part of the hand hides from the light (screen-space:
+  a few steps from each point towards the light, compared with the depth buffer there)."""
+  depth = g["depth"]
+  seen = np.isfinite(depth)
+  if not seen.any():
+    return np.zeros(g["cover"].shape, np.float32)
+  zmean = float(depth[seen].mean())
+  hidden = np.zeros(depth.shape, bool)
+  for step in (0.006, 0.012, 0.02, 0.03):  # metres along the ray to the light
+    dx, dy = (int(round(float(K[i, i]) * SS * step * light[i] / zmean)) for i in (0, 1))
+    ahead = np.full(depth.shape, np.inf, np.float32)
+    hh, ww = depth.shape
+    ys, yd = (slice(dy, hh), slice(0, hh - dy)) if dy >= 0 else (slice(0, hh + dy), slice(-dy, hh))
+    xs, xd = (slice(dx, ww), slice(0, ww - dx)) if dx >= 0 else (slice(0, ww + dx), slice(-dx, ww))
+    ahead[yd, xd] = depth[ys, xs]
+    hidden |= ahead < depth + step * light[2] - 0.004
+  return _pool((hidden & seen).astype(np.float32)) / SS**2
 
 
-def shade(rng, geom, style):
-  """One appearance of the hand over a new background: rgb uint8 [224, 224, 3].
+def _smooth_noise(rng, shape, cell=3.0):
+  """Zero-mean noise of unit scale, smooth over about `cell` pixels (a bilinear upsample of a coarse grid)."""
+  h, w = shape
+  gh, gw = int(h / cell) + 2, int(w / cell) + 2
+  grid = Image.fromarray(rng.normal(0, 1, (gh, gw)).astype(np.float32), mode="F")
+  return np.asarray(grid.resize((w, h), Image.BILINEAR, box=(0, 0, w / cell, h / cell)), np.float32)
 
-  Shading runs at output resolution on the pooled normals; the supersampled coverage gives the soft edges.
-  """
-  box, normal, cover = geom
+
+def _skin_albedo(rng, style):
   tone = rng.uniform(*style.skin) * (len(SKIN_TONES) - 1)
   i = int(min(tone, len(SKIN_TONES) - 2))
   albedo = SKIN_TONES[i] + (tone - i) * (SKIN_TONES[i + 1] - SKIN_TONES[i])
-  albedo = np.clip(albedo * rng.uniform(0.92, 1.08, 3), 0, 1).astype(np.float32)
+  return np.clip(albedo * rng.uniform(0.92, 1.08, 3), 0, 1).astype(np.float32)
+
+
+def shade(rng, geom, style, K=None):
+  """One appearance of the hand over a new background: rgb uint8 [224, 224, 3].
+
+  Shading runs at output resolution on the pooled normals and materials; the supersampled coverage gives the soft
+  edges.
+  """
+  box, normal, cover = geom["box"], geom["normal"], geom["cover"]
+  back = _skin_albedo(rng, style)
   ambient, wrap = float(rng.uniform(0.25, 0.45)), float(rng.uniform(0.2, 0.5))
   light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.3, 1.2)])  # from the camera side
   light /= np.linalg.norm(light)
@@ -372,14 +412,37 @@ def shade(rng, geom, style):
   spec_gain, spec_pow = float(rng.uniform(0.05, 0.25)), float(rng.uniform(10, 30))
   light_rgb = (1 + rng.uniform(-0.12, 0.12, 3)).astype(np.float32)
   nx, ny, nz = normal
-  light, half = light.tolist(), half.tolist()
+  lt, hf = light.tolist(), half.tolist()
   inv = 1 / np.maximum(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-6)
   nx, ny, nz = nx * inv, ny * inv, nz * inv
-  ndl = nx * light[0] + ny * light[1] + nz * light[2]
+  ndl = nx * lt[0] + ny * lt[1] + nz * lt[2]
   diffuse = np.clip((ndl + wrap) / (1 + wrap), 0, 1)
-  spec = spec_gain * np.clip(nx * half[0] + ny * half[1] + nz * half[2], 0, 1) ** spec_pow
+  spec = spec_gain * np.clip(nx * hf[0] + ny * hf[1] + nz * hf[2], 0, 1) ** spec_pow
+  if style.cues:
+    # The palm is lighter and pinker than the back; nails lighter still; creases darker; a fine skin texture.
+    palm_tone = np.clip(back + (1 - back) * rng.uniform(0.25, 0.4) + np.array([0.03, -0.01, -0.01]), 0, 1)
+    nail = np.clip(0.55 * back + 0.45 * np.array([0.95, 0.82, 0.8]), 0, 1).astype(np.float32)
+    mats = geom["materials"]
+    w_palm = (geom["palm"] / np.maximum(mats[SKIN], 1e-6))[..., None]
+    skin = back + w_palm * (palm_tone - back)
+    skin = skin * (1 - 0.3 * geom["crease"] / np.maximum(cover, 1e-6))[..., None]
+    texture = 0.04 * _smooth_noise(rng, cover.shape, 1.5) + 0.05 * _smooth_noise(rng, cover.shape, 6)
+    skin = skin * (1 + texture)[..., None]
+    sleeve = _palette_colour(rng) * (1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0))[..., None]
+    thing = _palette_colour(rng)
+    albedo = (
+      mats[SKIN][..., None] * skin
+      + mats[NAIL][..., None] * nail
+      + mats[SLEEVE][..., None] * sleeve
+      + mats[OBJECT][..., None] * thing
+    ) / np.maximum(cover, 1e-6)[..., None]
+    spec = spec * (1 + 2 * mats[NAIL] / np.maximum(cover, 1e-6))
+    if K is not None:
+      diffuse = diffuse * (1 - 0.6 * _shadow(geom, light, K))
+  else:
+    albedo = back
   rgb = (albedo * (ambient + (1 - ambient) * diffuse[..., None]) + spec[..., None]) * light_rgb
-  img = background(rng, style.backgrounds)
+  img = backgrounds.make(rng, style.backgrounds)
   a = cover[..., None]
   img[box] = (img[box] * (1 - a) + np.clip(rgb, 0, 1) * (255 * a) + 0.5).astype(np.uint8)
   # Global colour cast and gamma (one lookup table per channel), then sensor noise.
@@ -393,14 +456,24 @@ def shade(rng, geom, style):
   return img
 
 
+def _palette_colour(rng):
+  """A clothing or object colour: muted most of the time, sometimes saturated."""
+  c = rng.uniform(0.05, 0.9, 3)
+  grey = c.mean()
+  return np.clip(grey + (c - grey) * rng.uniform(0.2, 1.2), 0, 1).astype(np.float32)
+
+
 def render(seed, split, id, versions=1, style=Style()):
   """Renders one id: labels, the mask (uint8) and `versions` RGB images (uint8), all from the seed."""
   rng = np.random.default_rng([seed, SPLIT_CODES[split], id])
   h = sample_hand(rng, style)
   geom = render_geometry(h)
-  images = [shade(np.random.default_rng([seed, SPLIT_CODES[split], id, v + 1]), geom, style) for v in range(versions)]
+  images = [
+    shade(np.random.default_rng([seed, SPLIT_CODES[split], id, v + 1]), geom, style, h["K"]) for v in range(versions)
+  ]
   mask = np.zeros((SIZE, SIZE), np.uint8)
-  mask[geom[0]] = (geom[2] * 255 + 0.5).astype(np.uint8)  # coverage, soft at the edges
+  hand = sum(geom["materials"][m] for m in HAND_MATERIALS)
+  mask[geom["box"]] = (hand * 255 + 0.5).astype(np.uint8)  # visible hand coverage, soft at the edges
   return h["xyz"], h["K"], mask, images
 
 
@@ -510,10 +583,12 @@ def generate(out, train, eval, seed=0, versions=1, style=Style(), workers=None, 
   return True
 
 
-STYLE_FLAGS = ("distance", "skin", "backgrounds", "seed", "versions")  # the flags that make a data domain
+STYLE_FLAGS = ("style", "distance", "skin", "backgrounds", "seed", "versions")  # the flags that make a data domain
 
 
 def _pair(text):
+  if text is None:
+    return True
   try:
     lo, hi = (float(x) for x in text)
   except (TypeError, ValueError):
@@ -529,9 +604,12 @@ def _flags(fv, argv):
   flags.DEFINE_integer("seed", 0, "the dataset's seed (same seed, same bytes)", flag_values=fv)
   flags.DEFINE_integer("versions", 1, "images per training id (FreiHAND has 4)", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("workers", None, "processes (default: all cores)", lower_bound=1, flag_values=fv)
-  flags.DEFINE_list("distance", [str(x) for x in Style.distance], "MIN,MAX metres from the camera", flag_values=fv)
-  flags.DEFINE_list("skin", [str(x) for x in Style.skin], "LIGHT,DARK range of the skin palette (0-1)", flag_values=fv)
-  flags.DEFINE_list("backgrounds", list(Style.backgrounds), f"some of {','.join(Style.backgrounds)}", flag_values=fv)
+  flags.DEFINE_enum("style", "legacy", list(STYLES), "the hands and scenes; the flags below change it", flag_values=fv)
+  flags.DEFINE_list("distance", None, "MIN,MAX metres from the camera (default: the style's)", flag_values=fv)
+  flags.DEFINE_list("skin", None, "LIGHT,DARK range of the skin palette, 0-1 (default: the style's)", flag_values=fv)
+  flags.DEFINE_list(
+    "backgrounds", None, f"some of {','.join(backgrounds.KINDS)} (default: the style's)", flag_values=fv
+  )
   flags.DEFINE_bool("force", False, "rewrite even if the same set is already there", flag_values=fv)
   for name, what in (("distance", "MIN,MAX"), ("skin", "LIGHT,DARK")):
     flags.register_validator(
@@ -539,8 +617,8 @@ def _flags(fv, argv):
     )
   flags.register_validator(
     "backgrounds",
-    lambda v: bool(v) and set(v) <= set(Style.backgrounds),
-    f"expected some of {', '.join(Style.backgrounds)}",
+    lambda v: v is None or (bool(v) and set(v) <= set(backgrounds.KINDS)),
+    f"expected some of {', '.join(backgrounds.KINDS)}",
     flag_values=fv,
   )
 
@@ -549,9 +627,9 @@ def main(argv: list[str] | None = None) -> None:
   from peclr_jax import cli  # not at the top: spawned render workers import this module, and need no jax
 
   args = cli.parse(argv, __doc__, _flags, required=("out",))
-  style = Style(
-    distance=tuple(map(float, args.distance)), skin=tuple(map(float, args.skin)), backgrounds=tuple(args.backgrounds)
-  )
+  changes = dict(distance=args.distance, skin=args.skin, backgrounds=args.backgrounds)
+  changes = {k: tuple(float(x) for x in v) if k != "backgrounds" else tuple(v) for k, v in changes.items() if v}
+  style = STYLES[args.style](**changes)
   if args.force and os.path.exists(os.path.join(args.out, MANIFEST)):
     os.remove(os.path.join(args.out, MANIFEST))
   t0 = time.perf_counter()
@@ -559,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
     wrote = generate(args.out, args.train, args.eval, args.seed, args.versions, style, args.workers)
   print(
     f"{'wrote' if wrote else 'already there'}: {args.out} ({args.train} x {args.versions} training, "
-    f"{args.eval} evaluation) in {time.perf_counter() - t0:.1f} s"
+    f"{args.eval} evaluation, {args.style} style) in {time.perf_counter() - t0:.1f} s"
   )
 
 
