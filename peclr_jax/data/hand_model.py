@@ -62,7 +62,7 @@ POSE_SAMPLERS = ("gestures", "families")
 VIEW_SAMPLERS = ("held", "uniform")
 
 
-def _rot(axis, angle):
+def rotation(axis, angle):
   """Rotation matrices about a coordinate axis (0, 1, 2) by `angle` radians."""
   c, s = np.cos(angle), np.sin(angle)
   i, j = [(1, 2), (2, 0), (0, 1)][axis]
@@ -73,8 +73,8 @@ def _rot(axis, angle):
 
 def finger_rest_frames():
   """Rest frames (columns x, y, z) of the 4 fingers and the thumb in the palm frame."""
-  fingers = [_rot(2, f) for f in FAN]
-  thumb = _rot(2, THUMB_SWING) @ _rot(1, THUMB_PRONATION)
+  fingers = [rotation(2, f) for f in FAN]
+  thumb = rotation(2, THUMB_SWING) @ rotation(1, THUMB_PRONATION)
   return fingers, thumb
 
 
@@ -165,12 +165,12 @@ def forward_kinematics(fingers, thumb, lengths_f, length_t, size=1.0):
   chains += [(FINGER_BASES[f], rest[f], fingers[f] * [SPREAD_SIGN[f], 1, 1, 1], lengths_f[f]) for f in range(4)]
   for f, (base, frame, ang, lengths) in enumerate(chains):
     a = np.radians(ang)
-    r = frame @ _rot(2, a[0]) @ _rot(0, a[1])  # abduction about the normal, then flexion towards the palm
+    r = frame @ rotation(2, a[0]) @ rotation(0, a[1])  # abduction about the normal, then flexion towards the palm
     p = base * size
     xyz[1 + 4 * f] = p
     for k in range(3):
       if k:
-        r = r @ _rot(0, a[k + 1])
+        r = r @ rotation(0, a[k + 1])
       frames[f, k] = r
       p = p + r[:, 1] * lengths[k]
       xyz[2 + 4 * f + k] = p
@@ -212,7 +212,7 @@ def held_rotation(rng, tilt_deg=55.0, free=0.1, palm_share=0.5):
   theta, phi = np.arccos(cos_t), rng.uniform(0, 2 * np.pi)
   axis = np.array([np.cos(phi), np.sin(phi), 0.0])  # in the image plane
   tilt = _axis_angle(axis, theta)
-  roll = _rot(2, rng.uniform(0, 2 * np.pi))  # in-plane, about the viewing axis
+  roll = rotation(2, rng.uniform(0, 2 * np.pi))  # in-plane, about the viewing axis
   return roll @ tilt @ base, kind
 
 

@@ -172,7 +172,7 @@ def _forearm(rng, w, ex, ey, ez, s, style):
   start = w - ey * 0.5 * s
   if style.view == "uniform":
     return [Prim("cone", (start, w - ey * rng.uniform(8, 14) * s, 2.1 * s, 2.5 * s), SKIN, ez)]
-  bend = H._rot(0, np.radians(rng.uniform(-35, 35))) @ H._rot(2, np.radians(rng.uniform(-15, 20)))
+  bend = H.rotation(0, np.radians(rng.uniform(-35, 35))) @ H.rotation(2, np.radians(rng.uniform(-15, 20)))
   axis = np.stack([ex, ey, ez], 1) @ bend @ np.array([0.0, -1.0, 0.0])
   length = rng.uniform(40, 60)  # cm, scaled by the hand
   end = w + axis * length * s
