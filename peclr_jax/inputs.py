@@ -21,6 +21,7 @@ RULES = {
   "synthetic_train": validate.COUNT,
   "synthetic_eval": validate.integer(0),
   "synthetic_seed": validate.integer(),
+  "synthetic_versions": validate.COUNT,
   "synthetic_style": validate.one_of(tuple(synthetic.STYLES)),
   "val_fraction": validate.number(0, 1, hi_open=True),
   "mix_roots": validate.PATHS,
@@ -40,6 +41,7 @@ def source(data, split: str = "training"):
       data.synthetic_train,
       data.synthetic_eval,
       data.synthetic_seed,
+      data.synthetic_versions,
       style=synthetic.STYLES[data.synthetic_style](),
       progress=jax.process_index() == 0,
     )

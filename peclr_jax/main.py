@@ -53,11 +53,22 @@ def _flags(fv, argv):
   del argv
   flags.DEFINE_string("workdir", "runs/main", "where the sheets, runs and comparison go", flag_values=fv)
   flags.DEFINE_string("data", "data/synthetic", "embedded dataset root (rendered if missing)", flag_values=fv)
-  flags.DEFINE_integer("train", 4000, "training hands to render", lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("eval", 500, "evaluation hands to render", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer(
+    "train", None, "training hands to render (default: the cpu config's)", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "eval", None, "evaluation hands to render (default: the cpu config's)", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "versions", None, "images per training hand (default: the cpu config's)", lower_bound=1, flag_values=fv
+  )
   flags.DEFINE_integer("seed", 0, "the embedded set's seed", flag_values=fv)
   flags.DEFINE_enum(
-    "style", "legacy", list(synthetic.STYLES), "the embedded hands (peclr-synthetic --style)", flag_values=fv
+    "style",
+    None,
+    list(synthetic.STYLES),
+    "the embedded hands, peclr-synthetic --style (default: the cpu config's)",
+    flag_values=fv,
   )
   flags.DEFINE_enum("objective", "peclr", OBJECTIVES, "the pretraining objective", flag_values=fv)
   flags.DEFINE_integer("steps", None, "pretraining steps (default: the cpu config's)", lower_bound=1, flag_values=fv)
@@ -73,7 +84,15 @@ def main(argv: list[str] | None = None) -> None:
     loop.make_workdir(args.workdir)
 
   t0 = time.perf_counter()
-  wrote = synthetic.generate(args.data, args.train, args.eval, args.seed, style=synthetic.STYLES[args.style]())
+  data = embedded(args)
+  wrote = synthetic.generate(
+    data["root"],
+    data["synthetic_train"],
+    data["synthetic_eval"],
+    data["synthetic_seed"],
+    data["synthetic_versions"],
+    style=synthetic.STYLES[data["synthetic_style"]](),
+  )
   print(f"embedded data: {args.data} ({'rendered' if wrote else 'cached'}, {time.perf_counter() - t0:.1f} s)")
   summary = {s: summarize(args.data, s) for s in freihand.SPLITS}
   with open(os.path.join(args.data, synthetic.MANIFEST)) as f:
@@ -100,14 +119,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def embedded(args):
-  """config.data's fields for the embedded set the flags name."""
-  return dict(
-    root=args.data,
+  """config.data's fields for the embedded set: the cpu config's, changed by the flags given."""
+  data = configs.load("pretrain:peclr,cpu").data
+  given = dict(
     synthetic_train=args.train,
     synthetic_eval=args.eval,
-    synthetic_seed=args.seed,
+    synthetic_versions=args.versions,
     synthetic_style=args.style,
   )
+  out = dict(root=args.data, synthetic_seed=args.seed)
+  out.update({k: data[k] if v is None else v for k, v in given.items()})
+  return out
 
 
 def pretrain_and_compare(args, t0):

@@ -309,3 +309,13 @@ def test_objects_occlude_the_hand_and_stay_out_of_the_mask():
     np.testing.assert_allclose(hand + thing + g["materials"][S.SLEEVE], g["cover"], atol=1e-6)
     seen += thing.sum() > 5
   assert seen >= 30
+
+
+@pytest.mark.parametrize("k", range(1, 12))  # the k shade draws
+def test_byte_noise_is_triangular(k):
+  # The difference of two independent uniform integers on 0..k, counted over all (k+1)^2 pairs.
+  a = np.arange(k + 1)
+  want = np.bincount((a[:, None] - a[None, :]).ravel() + k, minlength=2 * k + 1) / (k + 1) ** 2
+  got = np.bincount(S.triangular_table(k) + k, minlength=2 * k + 1) / 256
+  assert np.abs(got - want).max() <= 1 / 256 + 1e-12
+  assert S.triangular_table(k).min() == -k and S.triangular_table(k).max() == k

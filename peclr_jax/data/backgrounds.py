@@ -15,13 +15,43 @@ PHOTOS = ("fractal", "wood", "fabric", "room", "bokeh")
 KINDS = PATTERNS + PHOTOS
 
 
-def make(rng, kinds):
-  """One background of a kind drawn uniformly from `kinds`."""
+def make(rng, kinds, scenes=None):
+  """One background of a kind drawn uniformly from `kinds`. Photo-like kinds come from `scenes` (a `Scenes`)
+  when given: a crop of one of its images, turned, mirrored and recoloured; else they are generated here."""
   kind = str(rng.choice(kinds))
-  img = PHOTO[kind](rng) if kind in PHOTO else pattern(rng, kind)
-  if kind in PHOTO:
-    img = np.array(Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5))))
-  return img
+  if kind not in PHOTO:
+    return pattern(rng, kind)
+  if scenes is not None:
+    return scenes.view(rng, kind)
+  img = PHOTO[kind](rng)
+  return np.array(Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5))))
+
+
+class Scenes:
+  """A fixed set of photo-like scenes, `per_kind` of each kind at `side` px, drawn from `seed`; `view` returns a
+  224 px background from one: a random crop, one of the 8 turns and mirrors, the channels permuted and each
+  channel's gain and gamma changed. Generating a scene costs about as much as rendering a hand, a view almost
+  nothing; a set is the same for the same seed in every process."""
+
+  def __init__(self, seed, per_kind=12, side=288):
+    self.images = {}
+    for k, kind in enumerate(PHOTOS):
+      rng = np.random.default_rng([seed, 7, k])
+      self.images[kind] = [
+        np.array(Image.fromarray(PHOTO[kind](rng, side)).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5))))
+        for _ in range(per_kind)
+      ]
+
+  def view(self, rng, kind):
+    img = self.images[kind][int(rng.integers(len(self.images[kind])))]
+    y, x = rng.integers(0, img.shape[0] - SIZE + 1, 2)
+    img = np.rot90(img[y : y + SIZE, x : x + SIZE], int(rng.integers(4)))
+    if rng.uniform() < 0.5:
+      img = img[:, ::-1]
+    img = np.ascontiguousarray(img[..., rng.permutation(3)])
+    lut = (np.arange(256) / 255)[:, None] ** rng.uniform(0.7, 1.4, 3) * rng.uniform(0.6, 1.15, 3)
+    lut = (np.clip(lut, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return np.array(Image.fromarray(img).point(lut.T.ravel().tolist()))
 
 
 def pattern(rng, kind):
@@ -93,60 +123,60 @@ def _colour_map(field, colours):
   return colours[i] * (1 - w) + colours[i + 1] * w
 
 
-def fractal(rng):
-  field = _fractal_field(rng, rng.uniform(1.6, 2.4))
+def fractal(rng, n=SIZE):
+  field = _fractal_field(rng, rng.uniform(1.6, 2.4), n)
   return _colour_map(field, _palette(rng, int(rng.integers(2, 5)))).astype(np.uint8)
 
 
-def wood(rng):
-  y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+def wood(rng, n=SIZE):
+  y, x = np.mgrid[0:n, 0:n] / n
   ang = rng.uniform(0, np.pi)
   along = np.cos(ang) * x + np.sin(ang) * y
   across = -np.sin(ang) * x + np.cos(ang) * y
-  warp = _fractal_field(rng, 2.2) * rng.uniform(0.02, 0.06)
+  warp = _fractal_field(rng, 2.2, n) * rng.uniform(0.02, 0.06)
   rings = np.sin((across + warp + 0.15 * np.sin(along * rng.uniform(2, 6))) * rng.uniform(40, 110))
-  grain = _fractal_field(rng, 1.0) * 0.15
+  grain = _fractal_field(rng, 1.0, n) * 0.15
   light, dark = _palette(rng, 2)
   t = np.clip(0.5 + 0.4 * rings + grain, 0, 1)[..., None]
   return (dark * (1 - t) + light * t).astype(np.uint8)
 
 
-def fabric(rng):
-  y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+def fabric(rng, n=SIZE):
+  y, x = np.mgrid[0:n, 0:n].astype(np.float64)
   ang = rng.uniform(0, np.pi)
   u, v = np.cos(ang) * x + np.sin(ang) * y, -np.sin(ang) * x + np.cos(ang) * y
   period = rng.uniform(3, 9)
   weave = np.sign(np.sin(u * np.pi / period)) * np.sign(np.sin(v * np.pi / period))
   threads = 0.5 + 0.25 * weave * np.abs(np.sin(np.where(weave > 0, u, v) * np.pi / period))
-  folds = _fractal_field(rng, 2.6) * 0.18
+  folds = _fractal_field(rng, 2.6, n) * 0.18
   c0, c1 = _palette(rng, 2)
   t = np.clip(threads + folds, 0, 1)[..., None]
   return (c0 * (1 - t) + c1 * t).astype(np.uint8)
 
 
-def room(rng):
-  y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+def room(rng, n=SIZE):
+  y, x = np.mgrid[0:n, 0:n] / n
   horizon = rng.uniform(0.25, 0.75) + (x - 0.5) * rng.uniform(-0.4, 0.4)
   wall, floor = _palette(rng, 2)
-  light = 1 + 0.35 * (_fractal_field(rng, 3.0) * 0.5 - (x - rng.uniform()) ** 2)
-  floor_tex = 1 + 0.12 * _fractal_field(rng, 1.8)
+  light = 1 + 0.35 * (_fractal_field(rng, 3.0, n) * 0.5 - (x - rng.uniform()) ** 2)
+  floor_tex = 1 + 0.12 * _fractal_field(rng, 1.8, n)
   img = np.where((y < horizon)[..., None], wall, floor * floor_tex[..., None]) * light[..., None]
   pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
   draw = ImageDraw.Draw(pil)
   for _ in range(rng.integers(1, 5)):  # furniture, frames, door edges
-    x0, y0 = rng.uniform(-0.2, 1.0, 2) * SIZE
-    w, h = rng.uniform(0.1, 0.5, 2) * SIZE
+    x0, y0 = rng.uniform(-0.2, 1.0, 2) * n
+    w, h = rng.uniform(0.1, 0.5, 2) * n
     draw.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in _palette(rng, 1)[0]))
   return np.array(pil)
 
 
-def bokeh(rng):
-  base = _fractal_field(rng, 2.8)
+def bokeh(rng, n=SIZE):
+  base = _fractal_field(rng, 2.8, n)
   img = Image.fromarray(_colour_map(base, _palette(rng, 3)).astype(np.uint8))
-  layer = Image.new("RGB", (SIZE, SIZE))
+  layer = Image.new("RGB", (n, n))
   draw = ImageDraw.Draw(layer)
   for _ in range(rng.integers(6, 25)):
-    x, y = rng.uniform(0, SIZE, 2)
+    x, y = rng.uniform(0, n, 2)
     r = rng.uniform(4, 22)
     draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.uniform(120, 255, 3)))
   layer = layer.filter(ImageFilter.GaussianBlur(rng.uniform(2, 5)))

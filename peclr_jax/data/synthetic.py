@@ -21,6 +21,7 @@ light, skin and clothing.
 
 import dataclasses
 import fcntl
+import functools
 import io
 import json
 import multiprocessing
@@ -69,12 +70,20 @@ class Style:
   sleeve: float = 0.0  # share of forearms in a sleeve
   objects: float = 0.0  # share of images with an object: held in a grasp, else passing in front of the hand
   cues: bool = False  # nails, knuckles, palm lighter than the back, creases, skin texture, self-shadowing
+  scenes: int = 0  # photo-like backgrounds: views of this many fixed scenes per kind (0: a new scene per image)
 
   @staticmethod
   def lifelike(**kw):
     kw = dict(
       dict(
-        backgrounds=backgrounds.KINDS, forearm=1.0, pose="gestures", view="held", sleeve=0.5, objects=0.3, cues=True
+        backgrounds=backgrounds.KINDS,
+        forearm=1.0,
+        pose="gestures",
+        view="held",
+        sleeve=0.5,
+        objects=0.3,
+        cues=True,
+        scenes=12,
       ),
       **kw,
     )
@@ -230,8 +239,8 @@ def render_geometry(h):
 
   Returns a dict: `box` (output-pixel slices), `normal` (summed unit normals [3][h, w]), `cover` (coverage [h, w]
   in [0, 1]), `materials` (coverage per material [4][h, w]), `palm` (skin coverage weighted by how much the surface
-  faces the palm side), `crease` (coverage weighted by crease darkness), and at supersampled resolution `depth`
-  (inf where empty) with its pixel grid, for the per-version shadows.
+  faces the palm side), `crease` (coverage weighted by crease darkness) and `depth` (each output pixel's nearest
+  surface, inf where empty).
   """
   K, n = h["K"], SIZE * SS
   prims = [(_screen_box(p, K), p) for p in h["prims"]]
@@ -241,7 +250,7 @@ def render_geometry(h):
   x0, y0, x1, y1 = lo[0], lo[1], hi[0], hi[1]
   depth = np.full((y1 - y0, x1 - x0), np.inf, np.float32)
   ids = np.full(depth.shape, -1, np.int16)
-  axial = np.zeros(depth.shape, np.float32)  # a cone's t in [0, 1] from p0 to p1
+  axial = np.zeros(depth.shape, np.float32)  # along a cone: 0 at p0, 1 at p1
   lines = np.zeros(depth.shape, np.float32)  # the palm's creases
   for k, ((fn, plo, phi, args), prim) in enumerate(prims):
     px0, py0 = np.clip(np.floor(plo).astype(int), [x0, y0], [x1, y1])
@@ -262,11 +271,10 @@ def render_geometry(h):
   v = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5) / SS
   covered = ids >= 0
   normal = depth_normals(np.where(covered, depth, 0), covered, u, v, K)
-  table = lambda attr, empty: np.array([getattr(p, attr) for _, p in prims] + [empty])[ids]  # id -1: `empty`
-  material, part = table("material", -1), table("part", 0)
-  palmar = table("palmar", np.zeros(3)).astype(np.float32)
+  table = lambda values, empty: np.take(np.array([*values, empty]), ids)  # id -1: `empty`
+  material, part = table([p.material for _, p in prims], -1), table([p.part for _, p in prims], 0)
   # Visible surfaces' normals face the camera, so the palm side is where they point along the palm direction.
-  facing = normal[0] * palmar[..., 0] + normal[1] * palmar[..., 1] + normal[2] * palmar[..., 2]
+  facing = sum(normal[c] * table([np.float32(p.palmar[c]) for _, p in prims], np.float32(0)) for c in range(3))
   material[(part == TIP) & (axial > 0.5) & (facing < -0.6)] = NAIL  # within about 50 deg of the back
   palm = np.clip(0.5 + 2.0 * facing, 0, 1) * (material == SKIN)
   crease = lines + np.exp(-((axial / 0.03) ** 2)) * ((part == FINGER) | (part == TIP))
@@ -279,8 +287,7 @@ def render_geometry(h):
     materials=[_pool((material == m).astype(np.float32)) / SS**2 for m in range(4)],
     palm=_pool(palm) / SS**2,
     crease=_pool(np.minimum(crease, 1) * (palm > 0.3)) / SS**2,
-    depth=depth,
-    uv=(u, v),
+    depth=_pool_min(depth),  # each output pixel's nearest surface, for the per-version shadows
   )
 
 
@@ -299,6 +306,10 @@ def _palm_lines(qx, qy, qz):
 def _pool(a):
   """Sums SS x SS blocks."""
   return sum(a[i::SS, j::SS] for i in range(SS) for j in range(SS))
+
+
+def _pool_min(a):
+  return functools.reduce(np.minimum, [a[i::SS, j::SS] for i in range(SS) for j in range(SS)])
 
 
 def depth_normals(z, covered, u, v, K):
@@ -328,20 +339,20 @@ def depth_normals(z, covered, u, v, K):
 
 
 def _cone(u, v, K, a, b, ra, rb, p0, p1, r0, r1):
-  """(depth, axial position t in [0, 1]) of a round-cone impostor on a pixel grid (supersampled px); depth inf
-  outside."""
+  """(depth, axial position: 0 at p0, 1 at p1, beyond them on the end caps) of a round-cone impostor on a pixel
+  grid (supersampled px); depth inf outside."""
   # Scalars as Python floats: NumPy 2 would promote float32 arrays to float64 for numpy float64 scalars.
   (ax, ay), (bx, by), ra, rb = a.tolist(), b.tolist(), float(ra), float(rb)
   z0, z1, r0, r1 = float(p0[2]), float(p1[2]), float(r0), float(r1)
   abx, aby = bx - ax, by - ay
-  t = ((u - ax) * abx + (v - ay) * aby) * (1 / max(abx * abx + aby * aby, 1e-6))
-  np.clip(t, 0, 1, out=t)
+  axial = ((u - ax) * abx + (v - ay) * aby) * (1 / max(abx * abx + aby * aby, 1e-6))
+  t = np.clip(axial, 0, 1)
   dx, dy = u - (ax + t * abx), v - (ay + t * aby)
   rad = ra + t * (rb - ra)
   s2 = 1 - (dx * dx + dy * dy) / (rad * rad)
   z = z0 + t * (z1 - z0) - (r0 + t * (r1 - r0)) * np.sqrt(np.maximum(s2, 0))
   z[s2 <= 0] = np.inf
-  return z, t
+  return z, axial
 
 
 def _ellipsoid(u, v, K, c, axes):
@@ -362,23 +373,23 @@ def _ellipsoid(u, v, K, c, axes):
 
 
 def _shadow(g, light, K):
-  """Share of each output pixel's supersamples that a nearer part of the hand hides from the light (screen-space:
-  a few steps from each point towards the light, compared with the depth buffer there)."""
+  """Share of each output pixel that a nearer part of the hand hides from the light (screen-space: a few steps
+  from each point towards the light, compared with the depth buffer there)."""
   depth = g["depth"]
   seen = np.isfinite(depth)
   if not seen.any():
-    return np.zeros(g["cover"].shape, np.float32)
+    return np.zeros(depth.shape, np.float32)
   zmean = float(depth[seen].mean())
   hidden = np.zeros(depth.shape, bool)
+  hh, ww = depth.shape
   for step in (0.006, 0.012, 0.02, 0.03):  # metres along the ray to the light
-    dx, dy = (int(round(float(K[i, i]) * SS * step * light[i] / zmean)) for i in (0, 1))
-    ahead = np.full(depth.shape, np.inf, np.float32)
-    hh, ww = depth.shape
+    dx, dy = (int(round(float(K[i, i]) * step * light[i] / zmean)) for i in (0, 1))
+    if abs(dx) >= ww or abs(dy) >= hh:
+      continue
     ys, yd = (slice(dy, hh), slice(0, hh - dy)) if dy >= 0 else (slice(0, hh + dy), slice(-dy, hh))
     xs, xd = (slice(dx, ww), slice(0, ww - dx)) if dx >= 0 else (slice(0, ww + dx), slice(-dx, ww))
-    ahead[yd, xd] = depth[ys, xs]
-    hidden |= ahead < depth + step * light[2] - 0.004
-  return _pool((hidden & seen).astype(np.float32)) / SS**2
+    hidden[yd, xd] |= depth[ys, xs] < depth[yd, xd] + float(step * light[2] - 0.004)
+  return (hidden & seen).astype(np.float32)
 
 
 def _smooth_noise(rng, shape, cell=3.0):
@@ -396,8 +407,9 @@ def _skin_albedo(rng, style):
   return np.clip(albedo * rng.uniform(0.92, 1.08, 3), 0, 1).astype(np.float32)
 
 
-def shade(rng, geom, style, K=None):
-  """One appearance of the hand over a new background: rgb uint8 [224, 224, 3].
+def shade(rng, geom, style, K=None, scenes=None):
+  """One appearance of the hand over a new background (photo-like ones from `scenes`, a backgrounds.Scenes):
+  rgb uint8 [224, 224, 3].
 
   Shading runs at output resolution on the pooled normals and materials; the supersampled coverage gives the soft
   edges.
@@ -423,26 +435,23 @@ def shade(rng, geom, style, K=None):
     palm_tone = np.clip(back + (1 - back) * rng.uniform(0.25, 0.4) + np.array([0.03, -0.01, -0.01]), 0, 1)
     nail = np.clip(0.55 * back + 0.45 * np.array([0.95, 0.82, 0.8]), 0, 1).astype(np.float32)
     mats = geom["materials"]
+    inv_cover = 1 / np.maximum(cover, 1e-6)
     w_palm = (geom["palm"] / np.maximum(mats[SKIN], 1e-6))[..., None]
-    skin = back + w_palm * (palm_tone - back)
-    skin = skin * (1 - 0.3 * geom["crease"] / np.maximum(cover, 1e-6))[..., None]
     texture = 0.04 * _smooth_noise(rng, cover.shape, 1.5) + 0.05 * _smooth_noise(rng, cover.shape, 6)
-    skin = skin * (1 + texture)[..., None]
-    sleeve = _palette_colour(rng) * (1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0))[..., None]
+    skin_gain = (1 - 0.3 * geom["crease"] * inv_cover) * (1 + texture) * mats[SKIN] * inv_cover
+    skin = (back + w_palm * (palm_tone - back).astype(np.float32)) * skin_gain[..., None]
+    sleeve = (
+      _palette_colour(rng) * ((1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0)) * mats[SLEEVE] * inv_cover)[..., None]
+    )
     thing = _palette_colour(rng)
-    albedo = (
-      mats[SKIN][..., None] * skin
-      + mats[NAIL][..., None] * nail
-      + mats[SLEEVE][..., None] * sleeve
-      + mats[OBJECT][..., None] * thing
-    ) / np.maximum(cover, 1e-6)[..., None]
-    spec = spec * (1 + 2 * mats[NAIL] / np.maximum(cover, 1e-6))
+    albedo = skin + sleeve + (mats[NAIL] * inv_cover)[..., None] * nail + (mats[OBJECT] * inv_cover)[..., None] * thing
+    spec = spec * (1 + 2 * mats[NAIL] * inv_cover)
     if K is not None:
       diffuse = diffuse * (1 - 0.6 * _shadow(geom, light, K))
   else:
     albedo = back
   rgb = (albedo * (ambient + (1 - ambient) * diffuse[..., None]) + spec[..., None]) * light_rgb
-  img = backgrounds.make(rng, style.backgrounds)
+  img = backgrounds.make(rng, style.backgrounds, scenes)
   a = cover[..., None]
   img[box] = (img[box] * (1 - a) + np.clip(rgb, 0, 1) * (255 * a) + 0.5).astype(np.uint8)
   # Global colour cast and gamma (one lookup table per channel), then sensor noise.
@@ -450,10 +459,20 @@ def shade(rng, geom, style, K=None):
   lut = (lut * 255 + 0.5).astype(np.uint8)
   img = np.array(Image.fromarray(img).point(lut.T.ravel().tolist()))
   k = int(rng.integers(0, 12))  # triangular noise in [-k, k]
-  if k:
+  if k and style.cues:  # about the same distribution from one random byte per value
+    noise = triangular_table(k)[np.frombuffer(rng.bytes(img.size), np.uint8).reshape(img.shape)]
+    img = np.clip(img + noise, 0, 255).astype(np.uint8)
+  elif k:
     noise = rng.integers(0, k + 1, (2, *img.shape), dtype=np.int16)
     img = np.clip(img + noise[0] - noise[1], 0, 255).astype(np.uint8)
   return img
+
+
+def triangular_table(k):
+  """[256] int16: a uniform random byte mapped through the inverse CDF of the triangular distribution on
+  -k..k (the difference of two uniform integers on 0..k)."""
+  cdf = np.cumsum(k + 1 - np.abs(np.arange(-k, k + 1))) / (k + 1) ** 2
+  return (np.searchsorted(cdf, (np.arange(256) + 0.5) / 256) - k).astype(np.int16)
 
 
 def _palette_colour(rng):
@@ -468,8 +487,10 @@ def render(seed, split, id, versions=1, style=Style()):
   rng = np.random.default_rng([seed, SPLIT_CODES[split], id])
   h = sample_hand(rng, style)
   geom = render_geometry(h)
+  scenes = _scenes(seed, style.scenes) if style.scenes and set(style.backgrounds) & set(backgrounds.PHOTOS) else None
   images = [
-    shade(np.random.default_rng([seed, SPLIT_CODES[split], id, v + 1]), geom, style, h["K"]) for v in range(versions)
+    shade(np.random.default_rng([seed, SPLIT_CODES[split], id, v + 1]), geom, style, h["K"], scenes)
+    for v in range(versions)
   ]
   mask = np.zeros((SIZE, SIZE), np.uint8)
   hand = sum(geom["materials"][m] for m in HAND_MATERIALS)
@@ -478,6 +499,12 @@ def render(seed, split, id, versions=1, style=Style()):
 
 
 SPLIT_CODES = {"training": 0, "evaluation": 1}
+
+
+@functools.lru_cache(maxsize=2)
+def _scenes(seed, per_kind):
+  """The dataset's photo-like scenes, made once per process (each worker makes the same ones)."""
+  return backgrounds.Scenes(seed, per_kind)
 
 
 def _jpeg(array, quality=92):
@@ -604,7 +631,9 @@ def _flags(fv, argv):
   flags.DEFINE_integer("seed", 0, "the dataset's seed (same seed, same bytes)", flag_values=fv)
   flags.DEFINE_integer("versions", 1, "images per training id (FreiHAND has 4)", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("workers", None, "processes (default: all cores)", lower_bound=1, flag_values=fv)
-  flags.DEFINE_enum("style", "legacy", list(STYLES), "the hands and scenes; the flags below change it", flag_values=fv)
+  flags.DEFINE_enum(
+    "style", "lifelike", list(STYLES), "the hands and scenes; the flags below change it", flag_values=fv
+  )
   flags.DEFINE_list("distance", None, "MIN,MAX metres from the camera (default: the style's)", flag_values=fv)
   flags.DEFINE_list("skin", None, "LIGHT,DARK range of the skin palette, 0-1 (default: the style's)", flag_values=fv)
   flags.DEFINE_list(
