@@ -7,8 +7,9 @@ colour), the model predicts 2.5-D keypoints, and metric 3-D comes from the bone-
 reference-bone length (FreiHAND's `scale` for the middle bone, allowed at test time; otherwise the ground truth's).
 Writes to the workdir:
   eval_<split>.json / .md   2D EPE (px of the crop), PA-EPE, PA-AUC (0-50 mm), root-relative EPE, 3D EPE, AUC,
-                            medians, per-joint errors, and the aligned errors of a constant prediction (the
-                            training labels' Procrustes mean pose): the floor a model that sees the image must beat
+                            medians, per-joint errors, the errors of constant predictions (`constant_anchors`:
+                            the floor a model that sees the image must beat) and each error over its anchor's
+                            (`anchor_ratio`: below 1 beats the constant)
   pck_<split>.png           3-D PCK curves, unaligned and Procrustes-aligned
   skeletons_<split>.png     a grid of crops with ground-truth (white) and predicted (coloured) skeletons
   pred_<split>.json / .zip  FreiHAND's submission format: [xyz_list, verts_list] in metres, FreiHAND joint order,
@@ -129,25 +130,16 @@ def evaluate(
     m = metrics.summary(p["xyz"][labelled], gt, p["uv"][labelled], p["gt_uv"][labelled], valid=valid)
     m["pa_per_joint_epe_mm"] = (metrics.per_joint_epe(p["xyz"][labelled], gt, valid, aligned=True) * 1000).tolist()
     result["metrics"] = m
-    # What a constant hand would score: the floor any image-based model must beat. In 2D: this split's mean keypoints
-    # in the crop (an oracle constant); in 3D: the training labels' Procrustes mean pose.
-    gt_uv = p["gt_uv"][labelled]
-    err_uv = np.linalg.norm(gt_uv.mean(0) - gt_uv, axis=-1)
-    result["mean_pose_baseline"] = dict(epe_2d_px=float((err_uv * valid).sum() / max(valid.sum(), 1)))
-    anchor = training_mean_pose(config)
-    if anchor is not None:
-      const = np.broadcast_to(anchor, gt.shape)
-      result["mean_pose_baseline"].update(
-        pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
-        pa_auc=metrics.auc(const, gt, aligned=True, valid=valid),
-      )
+    anchors, pose = constant_anchors(p["gt_uv"][labelled], gt, valid, training_xyz(config))
+    result["mean_pose_baseline"] = anchors
+    result["anchor_ratio"] = metrics.anchor_ratio(m, anchors)
     paths["pck"] = report.pck(
       p["xyz"][labelled],
       gt,
       valid,
       os.path.join(workdir, f"pck_{split_name}.png"),
       m,
-      None if anchor is None else const,
+      None if pose is None else np.broadcast_to(pose, gt.shape),
     )
   paths["skeletons"] = report.skeleton_grid(p, os.path.join(workdir, f"skeletons_{split_name}.png"))
   paths.update(write_submission(p["xyz"], workdir, split_name))
@@ -161,13 +153,36 @@ def evaluate(
   return result
 
 
-def training_mean_pose(config):
-  """The Procrustes mean of the training labels when the source holds them in memory (FreiHAND layout), else None."""
+def training_xyz(config):
+  """The training labels [N, 21, 3] when the source holds them in memory (FreiHAND layout), else None."""
   src = inputs.source(config.data, "training")
   xyz = getattr(src, "xyz", None)
-  if xyz is None:
-    return None
-  return metrics.mean_pose(xyz[getattr(src, "ids", slice(None))])
+  return None if xyz is None else xyz[getattr(src, "ids", slice(None))]
+
+
+def constant_anchors(gt_uv, gt, valid, train_xyz=None):
+  """What constant predictions score on a split: the floor any model that sees the image must beat.
+
+  Each is scored over exactly what the model's metric is (these images, their `valid` joints, the same per-joint
+  averaging): 2D EPE of this split's mean valid keypoints in the crop (an oracle constant); with the training labels
+  `train_xyz`, root-relative EPE of their mean root-relative pose and PA-EPE / PA-AUC of their Procrustes mean pose.
+  Returns (dict of errors as in mean_pose_baseline, the Procrustes mean pose [21, 3] or None).
+  """
+  w = np.asarray(valid, np.float64)[..., None]
+  # Unlabelled joints hold placeholder uv (InterHand2.6M's sit on the wrist), so they stay out of the mean.
+  mean_uv = (np.asarray(gt_uv) * w).sum(0) / np.maximum(w.sum(0), 1)
+  out = dict(epe_2d_px=metrics.epe_2d(np.broadcast_to(mean_uv, gt_uv.shape), gt_uv, valid))
+  if train_xyz is None:
+    return out, None
+  rr = np.broadcast_to(metrics.rr_mean_pose(train_xyz), gt.shape)
+  pose = metrics.mean_pose(train_xyz)
+  const = np.broadcast_to(pose, gt.shape)
+  out.update(
+    rr_epe_mm=metrics.rr_epe(rr, gt, valid) * 1000,
+    pa_epe_mm=metrics.pa_epe(const, gt, valid=valid) * 1000,
+    pa_auc=metrics.auc(const, gt, aligned=True, valid=valid),
+  )
+  return out, pose
 
 
 def write_submission(xyz, workdir, split):

@@ -13,11 +13,14 @@ are taken over the (visible) samples of each joint, then averaged over joints, a
   rr_epe_mm          mean error after translating both poses to put the wrist at the origin (root-relative MPJPE,
                      InterHand2.6M's protocol); separates the absolute-depth error from the pose error.
   epe_2d_px          mean 2-D joint error in pixels, only when `pred_uv` and `gt_uv` are given.
+
+`anchor_ratio(m, anchor)` divides the errors of ANCHORED by a constant prediction's (evaluate.constant_anchors).
 """
 
 import numpy as np
 
 METHODS = ("freihand", "umeyama")
+ANCHORED = ("epe_2d_px", "rr_epe_mm", "pa_epe_mm")  # the errors a constant prediction is scored on
 
 
 def _f64(x) -> np.ndarray:
@@ -127,6 +130,22 @@ def mean_pose(xyz, iters: int = 5) -> np.ndarray:
   for _ in range(iters):
     mean = procrustes_align(x, np.broadcast_to(mean, x.shape)).mean(0)
   return mean
+
+
+def rr_mean_pose(xyz, root: int = 0) -> np.ndarray:
+  """Mean [K, D] of poses [N, K, D] with each pose's `root` joint at the origin: the constant root-relative prediction.
+
+  `rr_epe` re-centres on its own root, and the mean is linear, so the constant scores the same whichever joint (or
+  midpoint, e.g. the palm) its poses were centred on.
+  """
+  x = _f64(xyz)
+  return (x - x[:, root : root + 1]).mean(0)
+
+
+def anchor_ratio(m, anchor) -> dict:
+  """{key: m[key] / anchor[key]} for the errors of ANCHORED that both give: below 1 beats the constant prediction."""
+  anchor = anchor or {}
+  return {k: float(m[k] / anchor[k]) for k in ANCHORED if k in m and anchor.get(k)}
 
 
 def epe_2d(pred_uv, gt_uv, valid=None) -> float:

@@ -383,6 +383,7 @@ def run(
         steps=int(r.state.step),
         workdir=sub,
         **{k: rep["metrics"][k] for k in report.TABLE_KEYS},
+        anchor=rep.get("mean_pose_baseline", {}),
       )
     )
   report.write_table(

@@ -3,6 +3,8 @@
 evaluation(result)               the Markdown of one evaluation (evaluate.evaluate's result dict)
 write_table(rows, base, title)   rows of metrics -> base.json and a Markdown table base.md
 study_table(rows, title, ...)    a study's rows (tags + metrics) as Markdown, with the constant anchors
+anchor_terms(b), anchor_sentence(b)   what each constant anchor of an evaluation is, with its value
+Every error with a constant anchor (metrics.ANCHORED) gets a column "x const" beside it: the error over the anchor's.
 pck(...), skeleton_grid(...), bars(...), curves(...), contact_sheet(...)   PNG figures
 """
 
@@ -24,6 +26,14 @@ LABELS = {
   "median_mm": "median (mm)",
   "pa_median_mm": "PA median (mm)",
 }
+SHORT = {"epe_2d_px": "2D EPE px", "pa_epe_mm": "PA-EPE mm", "pa_auc": "PA-AUC", "rr_epe_mm": "root-rel. EPE mm"}
+RATIO = {"epe_2d_px": "2D x const", "pa_epe_mm": "PA x const", "rr_epe_mm": "root-rel. x const"}
+# (key, error, unit, the constant prediction), as evaluate.constant_anchors scores them.
+ANCHORS = (
+  ("epe_2d_px", "2D EPE", "px", "the evaluated split's mean keypoints in the crop"),
+  ("rr_epe_mm", "root-relative EPE", "mm", "the training labels' mean root-relative pose"),
+  ("pa_epe_mm", "PA-EPE", "mm", "the training labels' Procrustes mean pose"),
+)
 
 
 def _pyplot():
@@ -48,16 +58,13 @@ def evaluation(result):
   m = result.get("metrics")
   if m is None:
     return "\n".join(lines + ["No 3-D labels on this split: predictions only (pred json/zip).", ""])
-  lines += ["| metric | value |", "|---|---|"]
-  lines += [f"| {LABELS[k]} | {m[k]:.4f} |" if "auc" in k else f"| {LABELS[k]} | {m[k]:.2f} |" for k in TABLE_KEYS]
-  lines += [f"| PA-EPE, Umeyama with reflection fix (mm) | {m['pa_epe_umeyama_mm']:.2f} |"]
   b = result.get("mean_pose_baseline", {})
-  if "epe_2d_px" in b:
-    lines += [f"| anchor: constant mean 2D keypoints of this split, 2D EPE (px) | {b['epe_2d_px']:.2f} |"]
-  if "pa_epe_mm" in b:
-    lines += [
-      f"| anchor: constant mean training pose, PA-EPE (mm) / PA-AUC | {b['pa_epe_mm']:.2f} / {b['pa_auc']:.4f} |"
-    ]
+  ratio = metrics.anchor_ratio(m, b)
+  lines += ["| metric | value | x constant |", "|---|---|---|"]
+  lines += [f"| {LABELS[k]} | {_value(k, m[k])} | {_ratio(ratio.get(k))} |" for k in TABLE_KEYS]
+  lines += [f"| PA-EPE, Umeyama with reflection fix (mm) | {m['pa_epe_umeyama_mm']:.2f} | |"]
+  if b:
+    lines += ["", "x constant: the error over a constant prediction's (below 1 beats it). " + anchor_sentence(b)]
   lines += [
     "",
     "Per joint (mm):",
@@ -71,39 +78,87 @@ def evaluation(result):
   return "\n".join(lines)
 
 
+def _value(k, v):
+  return f"{v:.4f}" if "auc" in k else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _ratio(v):
+  return "" if v is None else f"{v:.3f}"
+
+
+def anchor_terms(b):
+  """'<value> <unit> <error> (<the constant>)' for each anchor in `b` (an evaluation's mean_pose_baseline)."""
+  out = []
+  for k, error, unit, what in ANCHORS:
+    if k in b:
+      auc = f" / {b['pa_auc']:.4f} PA-AUC" if k == "pa_epe_mm" and "pa_auc" in b else ""
+      out.append(f"{b[k]:.2f} {unit} {error}{auc} ({what})")
+  return out
+
+
+def anchor_sentence(b):
+  t = anchor_terms(b)
+  if not t:
+    return ""
+  return "A constant prediction scores " + (", ".join(t[:-1]) + " and " if len(t) > 1 else "") + t[-1] + "."
+
+
+def _table(rows, keys, label, fmt, name, anchor=None):
+  """Markdown lines of rows over `keys`, an "x const" column beside each error with an anchor, then the anchors.
+
+  A row's own `anchor` (its evaluation's mean_pose_baseline) wins over `anchor`, so rows scored on different sets
+  are each divided by their own set's constants; the anchors below then name the rows they belong to.
+  """
+  anchors = [r.get("anchor") or anchor or {} for r in rows]
+  ratios = [metrics.anchor_ratio(r, a) for r, a in zip(rows, anchors)]
+  head, cells = [], [[] for _ in rows]
+  for k in keys:
+    head.append(label(k))
+    for c, r in zip(cells, rows):
+      c.append(fmt(k, r[k]))
+    if any(k in x for x in ratios):
+      head.append(RATIO[k])
+      for c, x in zip(cells, ratios):
+        c.append(_ratio(x.get(k)))
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(c) + " |" for c in cells]
+  groups = {}  # the sentence as printed -> the rows it holds for
+  for r, a in zip(rows, anchors):
+    if anchor_sentence(a):
+      groups.setdefault(anchor_sentence(a), []).append(str(r[name]))
+  if len(groups) == 1:
+    lines += ["", *groups]
+  elif groups:
+    lines += ["", *(f"{', '.join(names)}: {text}" for text, names in groups.items())]
+  return lines
+
+
+def _columns(rows, skip):
+  return [k for k in rows[0] if k not in skip and not isinstance(rows[0][k], dict)]
+
+
 def write_table(rows, base, title):
-  """Rows of {name/fields..., metric keys} -> base.json and a Markdown table base.md."""
+  """Rows of {name/fields..., metric keys[, anchor]} -> base.json and a Markdown table base.md."""
   with open(base + ".json", "w") as f:
     json.dump(rows, f, indent=1)
-  extra = [k for k in rows[0] if k not in TABLE_KEYS and k != "workdir"]
-  head = extra + [LABELS[k] for k in TABLE_KEYS]
-  lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in rows:
-    cells = [str(r[k]) for k in extra] + [f"{r[k]:.4f}" if "auc" in k else f"{r[k]:.2f}" for k in TABLE_KEYS]
-    lines.append("| " + " | ".join(cells) + " |")
+  extra = _columns(rows, (*TABLE_KEYS, "workdir"))
+  fmt = lambda k, v: _value(k, v) if k in TABLE_KEYS else str(v)
+  lines = [f"# {title}", "", *_table(rows, extra + list(TABLE_KEYS), lambda k: LABELS.get(k, k), fmt, extra[0])]
   with open(base + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
 def study_table(rows, title, sort=None, anchor=None):
-  """A study's rows as Markdown: tags, then metrics, then the run's name; the constant anchors below."""
+  """A study's rows as Markdown: tags, then metrics, then the run's name; the constant anchors below.
+
+  Each row's errors are divided by its own `anchor` (its evaluation's mean_pose_baseline), else by `anchor`.
+  """
   if not rows:
     return f"# {title}\n\nNo finished runs yet.\n"
   if sort:
     rows = sorted(rows, key=lambda r: r[sort])
-  cols = [k for k in rows[0] if k != "run"] + ["run"]
-  fmt = lambda k, v: f"{v:.4f}" if k == "pa_auc" else f"{v:.2f}" if isinstance(v, float) else str(v)
-  lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-  lines += ["| " + " | ".join(fmt(k, r[k]) for k in cols) + " |" for r in rows]
-  if anchor and "epe_2d_px" in anchor:
-    lines += [
-      "",
-      f"A constant prediction scores {anchor['epe_2d_px']:.2f} px 2D EPE (the evaluation split's mean "
-      "keypoints)"
-      + (f" and {anchor['pa_epe_mm']:.2f} mm PA-EPE (the training labels' mean pose)" if "pa_epe_mm" in anchor else "")
-      + ".",
-    ]
-  return "\n".join(lines) + "\n"
+  keys = _columns(rows, ("run",)) + ["run"]
+  return "\n".join([f"# {title}", "", *_table(rows, keys, lambda k: SHORT.get(k, k), _value, "run", anchor)]) + "\n"
 
 
 def pck(pred, gt, valid, path, m, const=None):

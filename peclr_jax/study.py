@@ -305,14 +305,16 @@ METRICS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm")
 
 
 def gather(runs, root):
-  """One row per finished probe / evaluate run: its tags and the metrics of its evaluation report."""
+  """One row per finished probe / evaluate run: its tags, the metrics of its evaluation report and, as `anchor`, that
+  report's constant anchors (a run evaluated on another set is divided by that set's)."""
   rows = []
   for r in runs:
     if r.kind not in ("probe", "evaluate") or not r.done(root):
       continue
     with open(r.output(root)) as f:
-      m = json.load(f)["metrics"]
-    rows.append({"run": r.name, **dict(r.tags), **{k: m[k] for k in METRICS}})
+      e = json.load(f)
+    m, anchor = e["metrics"], e.get("mean_pose_baseline", {})
+    rows.append({"run": r.name, **dict(r.tags), **{k: m[k] for k in METRICS}, "anchor": anchor})
   return rows
 
 
@@ -329,7 +331,8 @@ def best_objectives(rows, metric="epe_2d_px"):
 
 
 def baseline(runs, root):
-  """The constant-prediction anchors of the first finished probe's evaluation (2D: the split's mean keypoints)."""
+  """The constant-prediction anchors of the first finished probe's evaluation (2D: the split's mean keypoints), for
+  rows without their own."""
   for r in runs:
     if r.kind == "probe" and r.done(root):
       with open(r.output(root)) as f:

@@ -48,13 +48,25 @@ def test_main_job_pretrains_and_linear_probes_against_random_init(tmp_path, caps
     ]
   )
   out = capsys.readouterr().out
-  assert "random_init |" in out and "PA-EPE" in out
+  head = "encoder | 2D EPE px (x const) | root-relative EPE mm (x const) | PA-EPE mm (x const) | PA-AUC"
+  assert head in out and "3D EPE" not in out  # the absolute 3-D EPE is in linear.md and results.json only
   results = json.loads((work / "results.json").read_text())
   assert results["pretrain"]["steps"] == 2 and 0 < results["pretrain"]["online_probe_eval_px"] < 64
   assert [r["encoder"] for r in results["linear"]] == ["peclr", "random_init"]
   for r in results["linear"]:
-    assert 0 < r["epe_2d_px"] < 64 and r["pa_epe_mm"] > 0 and 0 <= r["pa_auc"] <= 1
-  assert "| random_init |" in (work / "linear.md").read_text()
+    assert 0 < r["epe_2d_px"] < 64 and r["pa_epe_mm"] > 0 and 0 <= r["pa_auc"] <= 1 and r["epe_mm"] > 0
+    # Each printed error with its ratio to the constant anchor of the same evaluation.
+    a = r["anchor"]
+    cells = [f"{r[k]:.2f} ({r[k] / a[k]:.3f})" for k in ("epe_2d_px", "rr_epe_mm", "pa_epe_mm")]
+    (line,) = [x for x in out.splitlines() if x.strip().startswith(r["encoder"] + " |")]
+    assert [c.strip() for c in line.split("|")[1:4]] == cells
+  a = results["linear"][0]["anchor"]
+  assert a == json.loads((work / "linear_random_init" / "eval_evaluation.json").read_text())["mean_pose_baseline"]
+  (line,) = [x for x in out.splitlines() if "anchors (a constant prediction):" in x]
+  assert f"{a['epe_2d_px']:.2f} px 2D EPE" in line and f"{a['rr_epe_mm']:.2f} mm root-relative EPE" in line
+  assert f"{a['pa_epe_mm']:.2f} mm PA-EPE" in line
+  table = (work / "linear.md").read_text()
+  assert "| random_init |" in table and "| 2D x const |" in table and "3D EPE (mm)" in table
   for name in ("linear_peclr", "linear_random_init"):
     assert (work / name / "eval_evaluation.md").exists()
   with Image.open(work / "curves.png") as im:

@@ -1,11 +1,12 @@
-"""FreiHAND metrics (reference §5): hand-computed cases, the all-zeros anchor and Procrustes properties."""
+"""FreiHAND metrics (reference §5): hand-computed cases, the all-zeros anchor, Procrustes properties, and the constant
+anchors (evaluate.constant_anchors) with each error's ratio to its anchor."""
 
 import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.transform import Rotation
 
-from peclr_jax import metrics
+from peclr_jax import evaluate, metrics
 
 
 def _hands(n=8, seed=0):
@@ -213,3 +214,74 @@ def test_mean_pose_of_similar_copies_is_that_pose():
   others = _hands(20, seed=4)
   m = metrics.pa_epe(np.broadcast_to(metrics.mean_pose(others), others.shape), others)
   assert m < min(metrics.pa_epe(np.broadcast_to(h, others.shape), others) for h in others)
+
+
+def _epe(pred, gt, valid):
+  """Per joint: mean distance over the valid samples; then mean over the joints that have one (loops, no metrics)."""
+  per_joint = []
+  for j in range(gt.shape[1]):
+    d = [np.sqrt(((pred[i, j] - gt[i, j]) ** 2).sum()) for i in range(len(gt)) if valid[i, j]]
+    if d:
+      per_joint.append(sum(d) / len(d))
+  return sum(per_joint) / len(per_joint)
+
+
+def test_rr_anchor_is_the_mean_root_relative_training_pose():
+  rng = np.random.default_rng(20)
+  train = rng.normal(0, 0.03, (3, 21, 3)) + np.array([[0.1, 0.0, 0.6], [0.0, 0.1, 0.8], [-0.1, 0.0, 0.5]])[:, None]
+  want = sum(t - t[0] for t in train) / 3
+  np.testing.assert_allclose(metrics.rr_mean_pose(train), want, atol=1e-15)
+  # Scored on two hand-made poses: the first is the mean moved away from the camera (root-relative: exact), the
+  # second has joint 5 off by 30 mm but unlabelled, and joint 8 off by 12 mm.
+  gt = np.stack([want + [0.0, 0.0, 0.7], want + [0.05, 0.0, 0.6]])
+  gt[1, 5] += [0.03, 0.0, 0.0]
+  gt[1, 8] += [0.0, 0.012, 0.0]
+  valid = np.ones((2, 21), bool)
+  valid[1, 5] = False
+  # Joint 8's error is 12 mm in one of two samples; every other joint is exact: 6 mm / 21 joints.
+  assert _epe(np.broadcast_to(want, gt.shape), gt - gt[:, :1], valid) == pytest.approx(0.006 / 21)
+  uv = rng.uniform(0, 32, (2, 21, 2))
+  anchors, _ = evaluate.constant_anchors(uv, gt, valid, train)
+  assert anchors["rr_epe_mm"] == pytest.approx(6 / 21)
+  # Centred on the palm (midpoint of wrist and middle MCP) instead, the mean scores the same: the metric re-centres.
+  palm = (train - (train[:, :1] + train[:, 9:10]) / 2).mean(0)
+  assert metrics.rr_epe(np.broadcast_to(palm, gt.shape), gt, valid) * 1000 == pytest.approx(6 / 21)
+
+
+def test_2d_anchor_is_scored_over_the_valid_joints_as_the_model_is():
+  rng = np.random.default_rng(21)
+  uv = rng.uniform(0, 32, (4, 21, 2))
+  valid = rng.uniform(size=(4, 21)) > 0.3
+  valid[:, 0] = True
+  valid[:, 3] = False  # no sample labels joint 3: it is left out, as the model's metric leaves it
+  uv[~valid] = 1e3  # placeholder coordinates of unlabelled joints must not move the constant
+  mean = np.stack([uv[valid[:, j], j].mean(0) if valid[:, j].any() else np.zeros(2) for j in range(21)])
+  want = _epe(np.broadcast_to(mean, uv.shape), uv, valid)
+  anchors, pose = evaluate.constant_anchors(uv, np.zeros((4, 21, 3)), valid)
+  assert anchors == {"epe_2d_px": pytest.approx(want)} and pose is None
+  assert want < 32
+
+
+def test_anchor_ratio_is_each_anchored_error_over_its_constant():
+  rng = np.random.default_rng(22)
+  gt = _hands(5, seed=23)
+  pred = gt + rng.normal(0, 0.01, gt.shape)
+  gt_uv = rng.uniform(0, 64, (5, 21, 2))
+  pred_uv = gt_uv + rng.normal(0, 2, gt_uv.shape)
+  valid = np.ones((5, 21), bool)
+  m = metrics.summary(pred, gt, pred_uv, gt_uv, valid)
+  anchor = dict(epe_2d_px=7.5, rr_epe_mm=40.0, pa_epe_mm=12.5, pa_auc=0.7)
+  dist = lambda a, b: np.linalg.norm(a - b, axis=-1).mean()
+  want = {
+    "epe_2d_px": dist(pred_uv, gt_uv) / 7.5,
+    "rr_epe_mm": dist(pred - pred[:, :1], gt - gt[:, :1]) * 1000 / 40.0,
+    "pa_epe_mm": dist(np.stack([_align_w_scale(g, p) for g, p in zip(gt, pred)]), gt) * 1000 / 12.5,
+  }
+  x = metrics.anchor_ratio(m, anchor)
+  assert set(x) == {"epe_2d_px", "rr_epe_mm", "pa_epe_mm"}  # AUCs and the unaligned 3-D EPE have no anchor
+  for k, v in want.items():
+    assert x[k] == pytest.approx(v, rel=1e-9)
+  # Without an anchor (e.g. no training labels in memory) or with a zero one, there is no ratio.
+  (only,) = metrics.anchor_ratio(m, {"epe_2d_px": 7.5, "pa_epe_mm": 0.0}).items()
+  assert only == ("epe_2d_px", pytest.approx(want["epe_2d_px"]))
+  assert metrics.anchor_ratio(m, None) == {}

@@ -171,8 +171,21 @@ def test_round_trip_reports_match_an_independent_computation(linear_run, data_ro
   assert saved["metrics"]["pa_epe_mm"] == pytest.approx(m["pa_epe_mm"])
   assert 0 < saved["mean_pose_baseline"]["pa_epe_mm"] < 100 and 0 < saved["mean_pose_baseline"]["pa_auc"] < 1
   assert 0 < saved["mean_pose_baseline"]["epe_2d_px"] < 32  # inside the 32 px crop
+  # The root-relative anchor and the ratios, from the files: the training labels' mean wrist-relative pose.
+  train = freihand.FreiHand(data_root, "training").xyz.astype(np.float64)
+  rel = lambda x: x - x[:, :1]
+  rr_anchor = np.linalg.norm(rel(train).mean(0) - rel(gt), axis=-1).mean() * 1000
+  rr = np.linalg.norm(rel(pred) - rel(gt), axis=-1).mean() * 1000
+  b, x = saved["mean_pose_baseline"], saved["anchor_ratio"]
+  np.testing.assert_allclose(b["rr_epe_mm"], rr_anchor, rtol=1e-5)
+  np.testing.assert_allclose(x["rr_epe_mm"], rr / rr_anchor, rtol=1e-4)
+  assert set(x) == {"epe_2d_px", "rr_epe_mm", "pa_epe_mm"}
   with open(os.path.join(workdir, "eval_evaluation.md")) as f:
-    assert f"| PA-EPE (mm) | {m['pa_epe_mm']:.2f} |" in f.read()
+    md = f.read()
+  assert f"| PA-EPE (mm) | {m['pa_epe_mm']:.2f} | {m['pa_epe_mm'] / b['pa_epe_mm']:.3f} |" in md
+  # Formatted from the saved numbers (checked above), since rounding pred.json could flip a last digit.
+  assert f"| root-relative EPE (mm) | {saved['metrics']['rr_epe_mm']:.2f} | {x['rr_epe_mm']:.3f} |" in md
+  assert f"{b['rr_epe_mm']:.2f} mm root-relative EPE (the training labels' mean root-relative pose)" in md
   # The predicted depth is the bone-length quadratic's (the middle bone has FreiHAND's scale) or, where that root
   # is out of range, the clamp's (wrist depth 4 or 50 bone lengths).
   bone_ok = np.isclose(np.linalg.norm(pred[:, 9] - pred[:, 10], axis=-1), src.scale, rtol=1e-3)
@@ -298,7 +311,7 @@ def test_label_fraction_mode_tabulates_each_fraction(data_root, encoder, tmp_pat
   assert [r["label_fraction"] for r in rows] == [0.25, 1.0]
   assert rows[0]["train_records"] < rows[1]["train_records"]
   table = (tmp_path / "label_fraction.md").read_text()
-  assert "| 0.25 |" in table and "PA-EPE (mm)" in table
+  assert "| 0.25 |" in table and "PA-EPE (mm) | PA x const |" in table and "A constant prediction scores" in table
 
 
 # ---------------------------------------------------------------------------------------------------------------

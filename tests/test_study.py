@@ -1,4 +1,5 @@
-"""The study runner: what each study runs, the scheduler (dependencies, failures, parallel), resume, and results."""
+"""The study runner: what each study runs, the scheduler (dependencies, failures, parallel), resume, and results (each
+row against its own constant anchors)."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from peclr_jax import configs, scheduler, study
+from peclr_jax import configs, report, scheduler, study
 from peclr_jax.errors import ConfigError
 
 
@@ -201,3 +202,53 @@ def test_study_runs_resumes_and_tabulates(tmp_path):
   assert out.count("[start]") == 1 and "[ok]      probe_simclr_crop" in out
   assert os.path.getmtime(root / "pretrain_simclr_crop" / "encoder" / "model.json") == mtime
   assert (root / "probe_simclr_crop" / "eval_evaluation.json").is_file()
+
+
+def _eval_json(path, metrics, anchor):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"metrics": {**metrics, "epe_mm": 999.0}, "mean_pose_baseline": anchor}, f)
+
+
+def test_each_row_is_divided_by_the_anchors_of_the_set_it_was_evaluated_on(tmp_path):
+  """Cross-dataset rows scored on A and on B: each row's ratio uses its own evaluation's constants."""
+  root, c = str(tmp_path), cfg("cross_dataset")
+  runs = study.cross_dataset(c, root)
+  on_a = dict(epe_2d_px=11.32, rr_epe_mm=60.0, pa_epe_mm=19.94, pa_auc=0.606)
+  on_b = dict(epe_2d_px=9.0, rr_epe_mm=50.0)  # no PA anchor: the ratio cell stays empty
+  _eval_json(
+    os.path.join(root, "scratch", "eval_evaluation.json"),
+    dict(epe_2d_px=10.0, pa_epe_mm=28.0, pa_auc=0.44, rr_epe_mm=90.0),
+    on_a,
+  )
+  _eval_json(
+    os.path.join(root, "scratch", "eval_B_evaluation.json"),
+    dict(epe_2d_px=9.9, pa_epe_mm=27.0, pa_auc=0.45, rr_epe_mm=80.0),
+    on_b,
+  )
+  rows = study.write_results(c, runs, root)
+  assert [r["run"] for r in rows] == ["scratch", "eval_B_scratch"]
+  assert [r["anchor"] for r in rows] == [on_a, on_b]
+  table = (tmp_path / "results.md").read_text()
+  assert (
+    "| setting | evaluated on | 2D EPE px | 2D x const | PA-EPE mm | PA x const | PA-AUC | root-rel. EPE mm | "
+    "root-rel. x const | run |"
+  ) in table
+  a = f"| 10.00 | {10 / 11.32:.3f} | 28.00 | {28 / 19.94:.3f} | 0.4400 | 90.00 | {90 / 60:.3f} | scratch |"
+  b = f"| 9.90 | {9.9 / 9:.3f} | 27.00 |  | 0.4500 | 80.00 | {80 / 50:.3f} | eval_B_scratch |"
+  assert f"| no pretraining, scratch on A | A {a}" in table and f"| no pretraining, scratch on A | B {b}" in table
+  assert "scratch: A constant prediction scores 11.32 px 2D EPE" in table and "19.94 mm PA-EPE" in table
+  assert "eval_B_scratch: A constant prediction scores 9.00 px 2D EPE" in table and "50.00 mm root-relative" in table
+
+
+def test_study_table_falls_back_to_the_given_anchor_and_prints_one_line_when_all_share_it():
+  anchor = dict(epe_2d_px=8.0, pa_epe_mm=20.0, pa_auc=0.6)
+  rows = [
+    dict(objective="peclr", epe_2d_px=6.0, pa_epe_mm=25.0, pa_auc=0.5, run="p"),
+    dict(objective="simclr", epe_2d_px=7.0, pa_epe_mm=30.0, pa_auc=0.4, run="s", anchor=dict(anchor)),
+  ]
+  table = report.study_table(rows, "T", sort="epe_2d_px", anchor=anchor)
+  assert f"| peclr | 6.00 | {6 / 8:.3f} | 25.00 | {25 / 20:.3f} | 0.5000 | p |" in table
+  assert f"| simclr | 7.00 | {7 / 8:.3f} | 30.00 | {30 / 20:.3f} | 0.4000 | s |" in table
+  (line,) = [x for x in table.splitlines() if "constant prediction" in x]
+  assert line.startswith("A constant prediction scores 8.00 px 2D EPE") and "20.00 mm PA-EPE / 0.6000 PA-AUC" in line
