@@ -2,15 +2,17 @@
 
     peclr-main --workdir=runs/main      # python -m peclr_jax.main
 
-1. Renders the embedded synthetic hands (cached under --data), reads them back through the FreiHAND loader and
+1. Renders the embedded hands of the cpu config (lifelike, 4,000 training hands in 4 versions and 500 evaluation
+   ones; cached under --data), reads them back through the FreiHAND loader and
    the grain pipeline, prints label statistics and writes `contact_sheet.png` (16 images, xyz projected with K)
    and `crops.png` (pipeline crops, xyz projected with K' = T K).
 2. Pretrains with the config pretrain:peclr,cpu (ResNet-18 at width 16, 64 px) in `<workdir>/pretrain` and plots
    loss, learning rate and the online probe (`curves.png`).
 3. The downstream protocol, probe:linear,cpu: a linear layer on the frozen PeCLR encoder
    (`<workdir>/linear_peclr`) and on a frozen random-init one (`<workdir>/linear_random_init`) regresses 2.5-D
-   keypoints; each is evaluated on the held-out split (2D EPE px, 3D EPE, PA-EPE, AUC; reports, PCK curves and
-   skeleton grids in its workdir) and `linear.md` / `results.json` compare them.
+   keypoints; each is evaluated on the held-out split (2D EPE px, root-relative EPE, PA-EPE, each also as a
+   multiple of a constant prediction's; reports, PCK curves and skeleton grids in its workdir) and `linear.md` /
+   `results.json` compare them.
 """
 
 import json

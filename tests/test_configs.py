@@ -17,6 +17,7 @@ OPS = "rotate, crop, scale, color_jitter, color_drop, blur, noise, cut_out, sobe
 DATA = [
   ("data.name", "FreiHAND", "one of synthetic, freihand, interhand, folder"),
   ("data.synthetic_train", "0", "an integer >= 1"),
+  ("data.synthetic_versions", "0", "an integer >= 1"),
   ("data.synthetic_eval", "-1", "an integer >= 0"),
   ("data.synthetic_style", "Lifelike", "one of legacy, lifelike"),
   ("data.val_fraction", "1.0", "a number in [0, 1)"),

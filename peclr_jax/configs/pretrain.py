@@ -8,8 +8,8 @@ setting), cpu (a laptop run on the embedded data), tiny (seconds; the tests').
 
 `full` follows the reference (ResNet-50, 128 px, LARS-wrapped Adam, lr 1e-4 * sqrt(2048) with accumulation
 16 x 128, 100 epochs, 10 warm-up, tau 0.5) and needs an accelerator; `cpu` runs ResNet-18 at quarter width on 64 px
-crops of the embedded hands, 600 steps of batch 64 (the main job's pretraining, a few minutes on 2 cores); `tiny`
-runs a few steps in seconds. model.conv=auto picks the CPU formulation of the convolutions on a CPU
+crops of the embedded hands (4,000 in 4 versions), 600 steps of batch 64 (the main job's pretraining, a few minutes
+on 2 cores); `tiny` runs a few steps in seconds. model.conv=auto picks the CPU formulation of the convolutions on a CPU
 (peclr_jax/models/conv.py); model.dtype=bfloat16 is mixed precision, for accelerators. Every field can be overridden
 as --config.key=value; unknown keys and wrong types fail before anything compiles, and every value is checked
 against what the code accepts (pretrain.RULES) before any work.
@@ -82,7 +82,7 @@ def get_config(arg="peclr"):
   c.keep_ckpts = 3
 
   if size == "cpu":
-    c.data.synthetic_train, c.data.synthetic_eval = 4000, 500
+    c.data.synthetic_train, c.data.synthetic_eval, c.data.synthetic_versions = 4000, 500, 4
     c.data.host_size, c.augment.out_size = 80, 64
     c.model.update(name="resnet18", width=16, proj_hidden=256, rel_hidden=256)
     c.batch_size, c.optim.accum_steps = 64, 1
