@@ -13,7 +13,9 @@ parameters, randomness fold_in(seed, step). Per transformation:
   difference in fractions of the crop (x, y), scale as the log margin ratio, colour as the four sampler
   differences over their widths. The penalty is chosen on a validation part of the fitting images, the fit is
   scored on other images (split by id): R^2 per target and their mean; 1 = the pair's features encode the
-  change linearly, 0 = no better than the mean.
+  change linearly, 0 = no better than the mean. A linear readout sees what is linear in [f1, f2]: cos of the
+  angle is even in it and, for features that turn with the image, bilinear in the two views, so it can stay low
+  where sin (about the angle itself over +-45 deg) is high; `--pair=product` adds f1 * f2 for such terms.
 * invariance: the mean cosine similarity of the two views' features; 1 = the features do not change. Beside it,
   `different_images`: the same similarity between views of two different images, the scale on which to read it
   (pooled ReLU features are far from orthogonal even for unrelated images).
@@ -42,7 +44,7 @@ TARGETS = {
   "scale": ("log_ratio",),
   "color_jitter": ("hue", "saturation", "gain", "bias"),
 }
-PAIRS = ("concat", "diff")
+PAIRS = ("concat", "diff", "product")
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 SPLITS = ("evaluation", "training")
 
@@ -123,10 +125,15 @@ def invariance(f1, f2) -> float:
 
 
 def pair_features(f1, f2, pair="concat"):
+  """The regressor's input: [f1, f2], f2 - f1, or [f1, f2, f1 * f2] (product: also the symmetric bilinear terms, such
+  as cos of the angle between two views' features that rotate with the image)."""
+  f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
   if pair == "concat":
     return np.concatenate([f1, f2], -1)
   if pair == "diff":
-    return np.asarray(f2, np.float64) - f1
+    return f2 - f1
+  if pair == "product":
+    return np.concatenate([f1, f2, f1 * f2], -1)
   raise ValueError(f"pair must be one of {', '.join(PAIRS)}, got {pair!r}")
 
 
@@ -248,7 +255,9 @@ def _flags(fv, argv):
   flags.DEFINE_enum("split", "evaluation", SPLITS, "the held-out images", flag_values=fv)
   flags.DEFINE_integer("repeats", 4, "pairs per image and transformation", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "the views' randomness", flag_values=fv)
-  flags.DEFINE_enum("pair", "concat", PAIRS, "the regressor's input: [f1, f2] or f2 - f1", flag_values=fv)
+  flags.DEFINE_enum(
+    "pair", "concat", PAIRS, "the regressor's input: [f1, f2], f2 - f1 or [f1, f2, f1 * f2]", flag_values=fv
+  )
   flags.DEFINE_list("transforms", list(TRANSFORMS), "the transformations to measure", flag_values=fv)
   flags.DEFINE_integer("limit", None, "use the first N images of the split only", lower_bound=1, flag_values=fv)
 

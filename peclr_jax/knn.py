@@ -28,7 +28,7 @@ from absl import flags
 from peclr_jax import cli, features, keypoints, metrics
 from peclr_jax.errors import TrainingError
 
-KS = (1, 2, 5, 10, 20, 50)
+KS = (1, 2, 5, 10, 20, 50, 100, 200)
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 SELECT = "epe_2d_px"  # the validation metric that picks k and the penalty (lower is better)
 SPLITS = ("evaluation", "training")

@@ -54,6 +54,19 @@ def test_a_linear_encoding_has_r2_one_and_noise_about_zero(pair):
   assert -0.1 < noise["r2"] < 0.03
 
 
+def test_the_product_pair_reads_the_cosine_of_features_that_turn_with_the_image():
+  """Features A (cos t, sin t) of each view's orientation t: cos(t2 - t1) is bilinear in the views, out of a linear
+  readout's reach from [f1, f2] and within it from [f1, f2, f1 * f2]."""
+  rng = np.random.default_rng(3)
+  t1, t2 = rng.uniform(-np.pi, np.pi, (2, 800))
+  a = rng.normal(size=(2, 16))
+  enc = lambda t: np.stack([np.cos(t), np.sin(t)], -1) @ a
+  y = np.cos(t2 - t1)[:, None]
+  ids = _groups(200, 4)
+  assert equivariance.score(enc(t1), enc(t2), y, ids, pair="concat")["r2"] < 0.1
+  assert equivariance.score(enc(t1), enc(t2), y, ids, pair="product")["r2"] > 0.99
+
+
 def test_a_constant_encoder_is_invariant():
   f = np.tile(np.array([0.3, -1.0, 2.0]), (40, 1))
   assert equivariance.invariance(f, f) == pytest.approx(1.0)

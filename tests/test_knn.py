@@ -163,6 +163,18 @@ def test_features_that_are_the_poses_score_exactly(data_root):
   assert r["ridge"]["metrics"]["epe_2d_px"] < 0.1
 
 
+def test_the_random_init_is_the_probe_trainers(data_root, tmp_path):
+  """No encoder: the same weights and calibrated BatchNorm statistics as a linear probe's random-init encoder."""
+  from peclr_jax import checkpoint, probe
+
+  probe.train(tiny(data_root, total_steps=1), str(tmp_path), progress=False)
+  _, saved = checkpoint.restore_variables(str(tmp_path))
+  mine = features.encoder_variables(tiny(data_root))
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, mine, {k: saved[k]["encoder"] for k in ("params", "batch_stats")})
+  assert not np.allclose(mine["batch_stats"]["bn1"]["var"], 1.0)  # really calibrated
+
+
 def test_cli_with_a_pretrained_encoder_writes_the_reports(data_root, encoder, tmp_path, capsys):
   out = str(tmp_path / "knn")
   knn.main(
