@@ -30,11 +30,14 @@ from peclr_jax.errors import ConfigError, DataError, TrainingError, WriteError
 HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
-def config_flag(fv, argv, what):
-  """--config: NAME:ARG or PATH[:ARG]; `what` says which ARG, e.g. "pretrain:OBJECTIVE[,SIZE]"."""
+def config_flag(fv, argv, what, default=None):
+  """--config: NAME:ARG or PATH[:ARG]; `what` says which ARG, e.g. "pretrain:OBJECTIVE[,SIZE]"; `default` likewise."""
+  if default is not None:
+    name, colon, arg = default.partition(":")
+    default = f"{configs.path(name)}{colon}{arg}"
   config_flags.DEFINE_config_file(
     "config",
-    None,
+    default,
     f"the config, {what} (peclr_jax/configs/) or a config file's path; then --config.key=value overrides",
     flag_values=fv,
     lock_config=True,

@@ -36,6 +36,7 @@ from peclr_jax import (
   checkpoint,
   cli,
   evaluate,
+  features,
   inputs,
   keypoints,
   loop,
@@ -154,50 +155,6 @@ def train_source(config):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Encoder hand-over.
-# ---------------------------------------------------------------------------------------------------------------
-ARCH_KEYS = ("name", "width", "small_stem")
-
-
-def encoder_dir(path):
-  """A pretraining workdir or an exported encoder directory -> the directory holding model.json."""
-  for d in (os.path.join(path, "encoder"), path):
-    if os.path.isfile(os.path.join(d, "model.json")):
-      return d
-  raise TrainingError(
-    f"config.encoder={path!r}: no exported encoder (expected {os.path.join(path, 'encoder')}/"
-    "model.json, which pretraining writes when it finishes)"
-  )
-
-
-def load_encoder(path, config, abstract):
-  """The exported encoder's (params, batch_stats), checked against config.model and the shapes in `abstract`."""
-  d = encoder_dir(path)
-  variables, arch = checkpoint.load_encoder(d)
-  diff = [
-    f"{k}: encoder {arch.get(k)!r} vs config {config.model[k]!r}" for k in ARCH_KEYS if arch.get(k) != config.model[k]
-  ]
-  if diff:
-    fix = " ".join(f"--config.model.{k}={arch.get(k)}" for k in ARCH_KEYS if arch.get(k) != config.model[k])
-    raise TrainingError(
-      f"encoder {d} does not match config.model ({'; '.join(diff)}); pass {fix} or use the "
-      "probe config of the pretraining size"
-    )
-  for col in ("params", "batch_stats"):
-    want = jax.tree_util.tree_flatten_with_path(abstract[col]["encoder"])[0]
-    have = dict(jax.tree_util.tree_flatten_with_path(variables[col])[0])
-    for path_, leaf in want:
-      got = have.get(path_)
-      if got is None or tuple(got.shape) != tuple(leaf.shape):
-        name = "/".join(str(getattr(p, "key", p)) for p in path_)
-        raise TrainingError(
-          f"encoder {d}: {col}/{name} is {None if got is None else tuple(got.shape)}, the model "
-          f"expects {tuple(leaf.shape)}"
-        )
-  return variables["params"], variables["batch_stats"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The trainer.
 # ---------------------------------------------------------------------------------------------------------------
 FRACTION = validate.number(0, 1, lo_open=True)
@@ -304,7 +261,7 @@ def train(
   else:
     state = jax.jit(init, out_shardings=state_sharding)(init_key)
     if config.encoder:
-      params, stats = load_encoder(config.encoder, config, abstract_vars)
+      params, stats = features.load_encoder(config.encoder, config, abstract_vars)
       state = state.replace(
         params={**state.params, "encoder": params}, batch_stats={**state.batch_stats, "encoder": stats}
       )

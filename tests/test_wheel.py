@@ -25,7 +25,9 @@ for ep in sorted(importlib.metadata.entry_points(group="console_scripts"), key=l
     print(ep.name)
 """
 SCRIPTS = (
+  "peclr-equivariance",
   "peclr-evaluate",
+  "peclr-knn",
   "peclr-main",
   "peclr-predict",
   "peclr-pretrain",
