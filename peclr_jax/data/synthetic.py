@@ -319,15 +319,20 @@ def depth_normals(z, covered, u, v, K):
   overlapping fingers do not bleed into each other.
   """
 
-  def slope(z, covered):  # along axis 1
-    d = np.where(covered[:, 1:] & covered[:, :-1], (z[:, 1:] - z[:, :-1]) * SS, np.float32(1e9))
+  def slope(z, covered, axis):
+    lo, hi = [slice(None)] * 2, [slice(None)] * 2
+    lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+    lo, hi = tuple(lo), tuple(hi)
+    d = np.where(covered[hi] & covered[lo], (z[hi] - z[lo]) * SS, np.float32(1e9))
     best = np.empty_like(z)
-    best[:, 1:-1] = np.where(np.abs(d[:, 1:]) < np.abs(d[:, :-1]), d[:, 1:], d[:, :-1])
-    best[:, 0], best[:, -1] = d[:, 0], d[:, -1]
+    inner, first, last = [slice(None)] * 2, [slice(None)] * 2, [slice(None)] * 2
+    inner[axis], first[axis], last[axis] = slice(1, -1), 0, -1
+    best[tuple(inner)] = np.where(np.abs(d[hi]) < np.abs(d[lo]), d[hi], d[lo])
+    best[tuple(first)], best[tuple(last)] = d[tuple(first)], d[tuple(last)]
     best[np.abs(best) > 1e8] = 0
     return best
 
-  zu, zv = slope(z, covered), slope(z.T, covered.T).T
+  zu, zv = slope(z, covered, 1), slope(z, covered, 0)
   fx, fy, cx, cy = (float(k) for k in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))  # Python floats keep float32
   xh, yh = (u - cx) / fx, (v - cy) / fy
   # dP/du = (z/fx + x zu, y zu, zu), dP/dv = (x zv, z/fy + y zv, zv); n = dP/dv x dP/du points at the camera.
@@ -440,9 +445,12 @@ def shade(rng, geom, style, K=None, scenes=None):
     texture = 0.04 * _smooth_noise(rng, cover.shape, 1.5) + 0.05 * _smooth_noise(rng, cover.shape, 6)
     skin_gain = (1 - 0.3 * geom["crease"] * inv_cover) * (1 + texture) * mats[SKIN] * inv_cover
     skin = (back + w_palm * (palm_tone - back).astype(np.float32)) * skin_gain[..., None]
-    sleeve = (
-      _palette_colour(rng) * ((1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0)) * mats[SLEEVE] * inv_cover)[..., None]
-    )
+    sleeve = _palette_colour(rng)
+    if mats[SLEEVE].any():  # a woven texture; most images show no sleeve
+      weave = 1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0)
+      sleeve = sleeve * (weave * mats[SLEEVE] * inv_cover)[..., None]
+    else:
+      sleeve = 0
     thing = _palette_colour(rng)
     albedo = skin + sleeve + (mats[NAIL] * inv_cover)[..., None] * nail + (mats[OBJECT] * inv_cover)[..., None] * thing
     spec = spec * (1 + 2 * mats[NAIL] * inv_cover)
