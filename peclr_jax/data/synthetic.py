@@ -445,12 +445,8 @@ def shade(rng, geom, style, K=None, scenes=None):
     texture = 0.04 * _smooth_noise(rng, cover.shape, 1.5) + 0.05 * _smooth_noise(rng, cover.shape, 6)
     skin_gain = (1 - 0.3 * geom["crease"] * inv_cover) * (1 + texture) * mats[SKIN] * inv_cover
     skin = (back + w_palm * (palm_tone - back).astype(np.float32)) * skin_gain[..., None]
-    sleeve = _palette_colour(rng)
-    if mats[SLEEVE].any():  # a woven texture; most images show no sleeve
-      weave = 1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0)
-      sleeve = sleeve * (weave * mats[SLEEVE] * inv_cover)[..., None]
-    else:
-      sleeve = 0
+    sleeve = _palette_colour(rng)  # drawn before its weave
+    sleeve = sleeve * ((1 + 0.08 * _smooth_noise(rng, cover.shape, 1.0)) * mats[SLEEVE] * inv_cover)[..., None]
     thing = _palette_colour(rng)
     albedo = skin + sleeve + (mats[NAIL] * inv_cover)[..., None] * nail + (mats[OBJECT] * inv_cover)[..., None] * thing
     spec = spec * (1 + 2 * mats[NAIL] * inv_cover)
