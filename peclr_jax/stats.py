@@ -9,73 +9,23 @@ data order the same way in both), so the difference of each seed's pair removes 
 Intervals are two-sided at `level` (95 % by default): Student's t on the paired differences, or a percentile bootstrap
 of their mean; a difference is significant when its interval excludes 0.
 
-The t quantile is computed here (a bisection on the t CDF through the regularised incomplete beta function): scipy is
-only a test dependency of the package, not a runtime one.
+The t quantile is scipy's (jax depends on scipy, so it is always installed).
 """
 
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import scipy.stats
 
 METHODS = ("t", "bootstrap")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Student's t.
-# ---------------------------------------------------------------------------------------------------------------
-def _beta_cf(a, b, x, iters=300, eps=1e-15):
-  """Continued fraction of the incomplete beta function (modified Lentz, as Numerical Recipes' betacf)."""
-  tiny = 1e-300
-  guard = lambda v: v if abs(v) > tiny else tiny
-  c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1))
-  h = d
-  for m in range(1, iters + 1):
-    even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-    odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-    for num in (even, odd):
-      d = 1.0 / guard(1.0 + num * d)
-      c = guard(1.0 + num / c)
-      h *= d * c
-    if abs(d * c - 1.0) < eps:
-      break
-  return h
-
-
-def betainc(a, b, x):
-  """The regularised incomplete beta function I_x(a, b) for a, b > 0 and x in [0, 1]."""
-  if x <= 0.0:
-    return 0.0
-  if x >= 1.0:
-    return 1.0
-  front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-  # The fraction converges fast only below the mean a / (a + b); above it, the symmetry I_x(a, b) = 1 - I_1-x(b, a).
-  if x < (a + 1) / (a + b + 2):
-    return front * _beta_cf(a, b, x) / a
-  return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t, df):
-  """P(T <= t) for Student's t with `df` > 0 degrees of freedom."""
-  tail = 0.5 * betainc(df / 2, 0.5, df / (df + t * t))
-  return 1.0 - tail if t > 0 else tail
-
-
 def t_ppf(p, df):
-  """The quantile of Student's t: the t with t_cdf(t, df) = p, for p in (0, 1) (bisection, to float precision)."""
+  """The quantile of Student's t with `df` degrees of freedom, for p in (0, 1)."""
   if not 0 < p < 1:
     raise ValueError(f"p must lie in (0, 1), got {p}")
-  if p < 0.5:
-    return -t_ppf(1 - p, df)
-  lo, hi = 0.0, 1.0
-  while t_cdf(hi, df) < p:  # the tails of df = 1 reach far: grow the bracket first
-    lo, hi = hi, 2 * hi
-  for _ in range(200):
-    mid = 0.5 * (lo + hi)
-    if mid in (lo, hi):
-      break
-    lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-  return 0.5 * (lo + hi)
+  return float(scipy.stats.t.ppf(p, df))
 
 
 # ---------------------------------------------------------------------------------------------------------------

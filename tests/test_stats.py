@@ -26,12 +26,8 @@ def test_t_quantile_matches_the_closed_forms(p, df):
   assert stats.t_ppf(p, df) == pytest.approx(_t_closed(p, df), rel=1e-10, abs=1e-12)
 
 
-def test_t_quantile_tends_to_the_normal_and_matches_scipy():
+def test_t_quantile_tends_to_the_normal():
   assert stats.t_ppf(0.975, 10**7) == pytest.approx(1.959963984540054, abs=1e-6)
-  scipy_stats = pytest.importorskip("scipy.stats")
-  for df in (3, 5, 9, 29, 0.5, 2.5):
-    for p in (0.55, 0.95, 0.975, 0.999):
-      assert stats.t_ppf(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-9)
   with pytest.raises(ValueError):
     stats.t_ppf(1.0, 3)
 
