@@ -49,6 +49,30 @@ def workdir_flag(fv, help_text="where checkpoints, metrics.jsonl and TensorBoard
   flags.DEFINE_string("workdir", None, help_text, flag_values=fv)
 
 
+def encoder_flag(fv):
+  """--encoder, for the tools that measure a frozen encoder; `with_encoder` puts it into the config."""
+  flags.DEFINE_string(
+    "encoder",
+    None,
+    "a pretraining workdir or encoder export (default: config.encoder; empty = random init)",
+    flag_values=fv,
+  )
+
+
+def with_encoder(args):
+  config = args.config
+  if args.encoder is not None:
+    config.encoder = args.encoder
+  return config
+
+
+def print_report(result):
+  """Prints a tool's Markdown report and the files it wrote (result["paths"])."""
+  with open(result["paths"]["markdown"]) as f:
+    print(f.read())
+  print("wrote " + ", ".join(result["paths"].values()))
+
+
 def distributed_flags(fv):
   flags.DEFINE_enum(
     "distributed",

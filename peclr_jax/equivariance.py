@@ -246,12 +246,7 @@ def run(config, workdir, progress=True, **kwargs) -> dict:
 def _flags(fv, argv):
   cli.config_flag(fv, argv, "probe:MODE[,SIZE] (its data, model and augmentation ranges)", default="probe:linear,cpu")
   cli.workdir_flag(fv, "where equivariance.json and .md go")
-  flags.DEFINE_string(
-    "encoder",
-    None,
-    "a pretraining workdir or encoder export (default: config.encoder; empty = random init)",
-    flag_values=fv,
-  )
+  cli.encoder_flag(fv)
   flags.DEFINE_enum("split", "evaluation", SPLITS, "the held-out images", flag_values=fv)
   flags.DEFINE_integer("repeats", 4, "pairs per image and transformation", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "the views' randomness", flag_values=fv)
@@ -267,12 +262,9 @@ def main(argv: list[str] | None = None) -> None:
   bad = [t for t in args.transforms if t not in TRANSFORMS]
   if bad or not args.transforms:
     cli.fail(f"--transforms={','.join(args.transforms)}: expected some of {', '.join(TRANSFORMS)}")
-  config = args.config
-  if args.encoder is not None:
-    config.encoder = args.encoder
   with cli.errors(FileNotFoundError):
     r = run(
-      config,
+      cli.with_encoder(args),
       args.workdir,
       split=args.split,
       repeats=args.repeats,
@@ -281,9 +273,7 @@ def main(argv: list[str] | None = None) -> None:
       transforms=tuple(args.transforms),
       limit=args.limit,
     )
-  with open(r["paths"]["markdown"]) as f:
-    print(f.read())
-  print("wrote " + ", ".join(r["paths"].values()))
+  cli.print_report(r)
 
 
 if __name__ == "__main__":

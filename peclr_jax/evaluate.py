@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> None:
   args = cli.parse(argv, __doc__, _flags)
   with cli.errors(FileNotFoundError):
     r = evaluate(args.workdir, args.split, args.limit, step=args.step, data_root=args.data_root, tag=args.tag)
-  with open(r["paths"]["markdown"]) as f:
-    print(f.read())
-  print("wrote " + ", ".join(r["paths"].values()))
+  cli.print_report(r)
 
 
 if __name__ == "__main__":

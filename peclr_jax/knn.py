@@ -217,12 +217,7 @@ def markdown(r) -> str:
 def _flags(fv, argv):
   cli.config_flag(fv, argv, "probe:MODE[,SIZE] (its data, model and keypoint settings)", default="probe:linear,cpu")
   cli.workdir_flag(fv, "where knn_<split>.json and .md go")
-  flags.DEFINE_string(
-    "encoder",
-    None,
-    "a pretraining workdir or encoder export (default: config.encoder; empty = random init)",
-    flag_values=fv,
-  )
+  cli.encoder_flag(fv)
   flags.DEFINE_enum("split", "evaluation", SPLITS, "the split to score", flag_values=fv)
   flags.DEFINE_list("ks", [str(k) for k in KS], "the k to choose from on validation ids", flag_values=fv)
   flags.DEFINE_float(
@@ -245,12 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.fail(f"--val_fraction={args.val_fraction}: expected a fraction in (0, 1)")
   if args.tau is not None and not args.tau > 0:
     cli.fail(f"--tau={args.tau}: expected a positive number")
-  config = args.config
-  if args.encoder is not None:
-    config.encoder = args.encoder
   with cli.errors(FileNotFoundError):
     r = run(
-      config,
+      cli.with_encoder(args),
       args.workdir,
       args.split,
       args.limit,
@@ -259,9 +251,7 @@ def main(argv: list[str] | None = None) -> None:
       tau=args.tau,
       center=args.center,
     )
-  with open(r["paths"]["markdown"]) as f:
-    print(f.read())
-  print("wrote " + ", ".join(r["paths"].values()))
+  cli.print_report(r)
 
 
 if __name__ == "__main__":
