@@ -20,7 +20,9 @@ def test_main_job_writes_sheets_and_summary(tmp_path, capsys):
     assert im.size == (4 * 128, 4 * 128)
   summary = json.loads((work / "summary.json").read_text())
   assert summary["training"]["ids"] == 20 and summary["evaluation"]["ids"] == 4
-  assert summary["training"]["in_image_joints_on_mask"] == 1.0
+  # The mask is the visible hand: objects in front hide some joints (without objects every joint is on it,
+  # test_synthetic.py), so most rather than all.
+  assert summary["training"]["in_image_joints_on_mask"] > 0.9
   # The skeletons are drawn: the sheet differs from the raw images it was made from.
   sheet = np.asarray(Image.open(work / "contact_sheet.png"))
   raw = np.asarray(Image.open(data / "training" / "rgb" / "00000000.jpg"))

@@ -78,7 +78,16 @@ def test_two_devices_equal_one_device(data_root, tmp_path):
   SGD keeps the comparison linear in the gradients (Adam's first step is ~sign(g), which amplifies rounding).
   """
   assert jax.device_count() >= 2, "conftest sets 2 emulated CPU devices"
-  c = tiny(data_root, "hybrid", total_steps=1, log_every=1, **{"optim.optimizer": "sgd"})
+  # The losses are L1: a residual within rounding of zero flips its gradient's sign between the two reductions. On
+  # these tiny lifelike crops some residuals sit there (the online probe's bias differs, the losses agree to 1e-7);
+  # the legacy images leave none, so they test the sharding alone.
+  c = tiny(
+    os.path.join(data_root, "legacy"),
+    "hybrid",
+    total_steps=1,
+    log_every=1,
+    **{"optim.optimizer": "sgd", "data.synthetic_style": "legacy"},
+  )
   one = pretrain.train(c, str(tmp_path / "one"), progress=False, devices=jax.devices()[:1])
   two = pretrain.train(c, str(tmp_path / "two"), progress=False, devices=jax.devices()[:2])
   (a,), (b,) = one.metrics, two.metrics
