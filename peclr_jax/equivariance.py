@@ -25,7 +25,6 @@ equivariance to rotation and translation (and, by the config, scale or colour).
 Writes equivariance.json and equivariance.md to the workdir.
 """
 
-import json
 import os
 
 import jax
@@ -34,7 +33,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from peclr_jax import augment, cli, features, inputs, models, objectives
+from peclr_jax import augment, cli, features, inputs, models, objectives, report
 from peclr_jax.errors import TrainingError
 
 TRANSFORMS = ("rotate", "crop", "scale", "color_jitter")
@@ -234,13 +233,7 @@ def table(results: dict) -> str:
 def run(config, workdir, progress=True, **kwargs) -> dict:
   r = measure(config, progress=progress, **kwargs)
   os.makedirs(workdir, exist_ok=True)
-  base = os.path.join(workdir, "equivariance")
-  r["paths"] = dict(json=base + ".json", markdown=base + ".md")
-  with open(base + ".json", "w") as f:
-    json.dump(r, f, indent=1)
-  with open(base + ".md", "w") as f:
-    f.write(markdown(r))
-  return r
+  return report.save(r, os.path.join(workdir, "equivariance"), markdown)
 
 
 def _flags(fv, argv):

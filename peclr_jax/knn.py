@@ -18,14 +18,13 @@ metrics.summary. The training labels' mean target, scored the same way, is the c
 Writes knn_<split>.json and knn_<split>.md to the workdir.
 """
 
-import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from peclr_jax import cli, features, keypoints, metrics
+from peclr_jax import cli, features, keypoints, metrics, report
 from peclr_jax.errors import TrainingError
 
 KS = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -184,13 +183,7 @@ def run(config, workdir, split="evaluation", limit=None, progress=True, **kwargs
     **probe(train, query, config.keypoints, size, **kwargs),
   )
   os.makedirs(workdir, exist_ok=True)
-  base = os.path.join(workdir, f"knn_{split}")
-  result["paths"] = dict(json=base + ".json", markdown=base + ".md")
-  with open(base + ".json", "w") as f:
-    json.dump(result, f, indent=1)
-  with open(base + ".md", "w") as f:
-    f.write(markdown(result))
-  return result
+  return report.save(result, os.path.join(workdir, f"knn_{split}"), markdown)
 
 
 def markdown(r) -> str:

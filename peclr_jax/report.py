@@ -1,6 +1,7 @@
 """Markdown tables and plots of results, shared by evaluation, the studies and the main job.
 
 evaluation(result)               the Markdown of one evaluation (evaluate.evaluate's result dict)
+save(result, base, markdown)     a tool's result -> base.json and its Markdown base.md
 write_table(rows, base, title)   rows of metrics -> base.json and a Markdown table base.md
 study_table(rows, title, ...)    a study's rows (tags + metrics) as Markdown, with the constant anchors
 anchor_terms(b), anchor_sentence(b)   what each constant anchor of an evaluation is, with its value
@@ -135,6 +136,16 @@ def _table(rows, keys, label, fmt, name, anchor=None):
 
 def _columns(rows, skip):
   return [k for k in rows[0] if k not in skip and not isinstance(rows[0][k], dict)]
+
+
+def save(result, base, markdown):
+  """Writes a tool's result dict to base.json and `markdown(result)` to base.md; records both in result["paths"]."""
+  result.setdefault("paths", {}).update(json=base + ".json", markdown=base + ".md")
+  with open(base + ".json", "w") as f:
+    json.dump(result, f, indent=1)
+  with open(base + ".md", "w") as f:
+    f.write(markdown(result))
+  return result
 
 
 def write_table(rows, base, title):
