@@ -4,6 +4,8 @@ evaluation(result)               the Markdown of one evaluation (evaluate.evalua
 save(result, base, markdown)     a tool's result -> base.json and its Markdown base.md
 write_table(rows, base, title)   rows of metrics -> base.json and a Markdown table base.md
 study_table(rows, title, ...)    a study's rows (tags + metrics) as Markdown, with the constant anchors
+seed_table(cells, ...), comparison_table(comps, ...), equivariance_table(cells, ...)   a study over seeds: mean +-
+                                 std per cell, paired differences with intervals (stats.py), equivariance per cell
 anchor_terms(b), anchor_sentence(b)   what each constant anchor of an evaluation is, with its value
 Every error with a constant anchor (metrics.ANCHORED) gets a column "x const" beside it: the error over the anchor's.
 pck(...), skeleton_grid(...), bars(...), curves(...), contact_sheet(...)   PNG figures
@@ -14,7 +16,7 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from peclr_jax import hand, metrics
+from peclr_jax import hand, metrics, stats
 
 TABLE_KEYS = ("epe_2d_px", "pa_epe_mm", "pa_auc", "rr_epe_mm", "epe_mm", "auc", "median_mm", "pa_median_mm")
 LABELS = {
@@ -221,8 +223,94 @@ def contact_sheet(images, uvs, cols=4):
   return sheet
 
 
+def _mean(c):
+  return c["mean"] if isinstance(c, dict) else c
+
+
+def seed_table(cells, tags, keys, title, anchor=None):
+  """A study's cells over seeds as Markdown: tags, n, then each metric's mean +- std (and its mean over the cell's
+  anchor, the "x const" column); the anchors below. Cells as study.summary gives them."""
+  if not cells:
+    return f"# {title}\n\nNo finished runs yet.\n"
+  head = [*tags, "seeds"]
+  lines = []
+  for c in cells:
+    ratio = metrics.anchor_ratio({k: _mean(c[k]) for k in keys if k in c}, c.get("anchor") or anchor)
+    row = [str(c[t]) for t in tags] + [str(max(c[k]["n"] for k in keys if k in c))]
+    for k in keys:
+      digits = 4 if "auc" in k else 2
+      row.append(stats.format_cell(c[k], digits) if k in c else "")
+      if k in RATIO:
+        row.append(_ratio(ratio.get(k)))
+    lines.append("| " + " | ".join(row) + " |")
+  for k in keys:
+    head.append(SHORT.get(k, k) + " (mean +- std)")
+    if k in RATIO:
+      head.append(RATIO[k])
+  out = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines]
+  sentences = {anchor_sentence(c.get("anchor") or anchor or {}) for c in cells} - {""}
+  if len(sentences) == 1:
+    out += ["", *sentences]
+  return "\n".join(out) + "\n"
+
+
+def comparison_table(comps, title, only=None):
+  """{metric: comparisons} (stats.summarise's) as Markdown: per comparison the mean paired difference a - b with its
+  95 % interval, and the relative difference; * marks an interval that excludes 0. `only`: the metrics whose key
+  contains this text."""
+  keys = [k for k in comps if only is None or only in k]
+  names = list(dict.fromkeys(c["name"] for k in keys for c in comps[k]))
+  if not names:
+    return ""
+  head = ["comparison (a - b)", "seeds"] + [f"{SHORT.get(k, k)} diff [95 % CI]" for k in keys]
+  head += [f"{SHORT.get(k, k)} relative" for k in keys if k in RATIO]
+  lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name in names:
+    by = {k: next((c for c in comps[k] if c["name"] == name), None) for k in keys}
+    n = max((c["n"] for c in by.values() if c), default=0)
+    row = [name, str(n)] + [stats.format_diff(c) if c else "" for c in by.values()]
+    for k in keys:
+      if k not in RATIO:
+        continue
+      rel = by[k] and by[k].get("relative")
+      row.append(_relative(rel) if rel else "")
+    lines.append("| " + " | ".join(row) + " |")
+  lines += ["", "Paired over seeds (the same seed in a and b); Student's t interval; * = the interval excludes 0."]
+  return "\n".join(lines) + "\n"
+
+
+def _relative(c):
+  if c["mean"] is None:
+    return ""
+  if c["lo"] is None:
+    return f"{100 * c['mean']:+.1f} %"
+  star = " *" if c["significant"] else ""
+  return f"{100 * c['mean']:+.1f} % [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]{star}"
+
+
+def equivariance_table(cells, tags, title):
+  """Per cell and transformation: R^2 of the relative parameter from the pair's features, the invariance (cosine of
+  the two views' features) and the same cosine between different images (mean +- std over seeds)."""
+  ts = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in cells[0] if k.endswith("_r2")))
+  head = [*tags] + [f"{t} {m}" for t in ts for m in ("R^2", "inv.", "diff. images")]
+  lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for c in cells:
+    row = [str(c[t]) for t in tags]
+    for t in ts:
+      row += [stats.format_cell(c[f"{t}_{m}"], 3) for m in ("r2", "invariance", "different_images")]
+    lines.append("| " + " | ".join(row) + " |")
+  lines += [
+    "",
+    "R^2: ridge from the two views' features to the relative parameter, on held-out images (1 = encoded linearly, "
+    "0 = not at all); inv.: mean cosine of the two views' features (1 = invariant); diff. images: the same between "
+    "views of different images, the scale to read inv. on.",
+  ]
+  return "\n".join(lines) + "\n"
+
+
 def bars(rows, path, group, series):
-  """Grouped bars of 2D EPE and PA-EPE: one group per `group` value, one bar per `series` value."""
+  """Grouped bars of 2D EPE and PA-EPE: one group per `group` value, one bar per `series` value; cells over seeds
+  (a dict per metric) get their mean and a standard-deviation whisker."""
   plt = _pyplot()
   groups = list(dict.fromkeys(r[group] for r in rows))
   names = list(dict.fromkeys(r[series] for r in rows))
@@ -230,8 +318,12 @@ def bars(rows, path, group, series):
   w = 0.8 / max(len(names), 1)
   for ax, metric, label in zip(axes, ("epe_2d_px", "pa_epe_mm"), ("2D EPE (px)", "PA-EPE (mm)")):
     for i, n in enumerate(names):
-      vals = [next((r[metric] for r in rows if r[group] == g and r[series] == n), np.nan) for g in groups]
-      ax.bar(np.arange(len(groups)) + i * w, vals, w, label=n)
+      cells = [
+        next((r[metric] for r in rows if r[group] == g and r[series] == n and metric in r), None) for g in groups
+      ]
+      vals = [np.nan if c is None else _mean(c) for c in cells]
+      err = [0.0 if not isinstance(c, dict) or c["std"] is None else c["std"] for c in cells]
+      ax.bar(np.arange(len(groups)) + i * w, vals, w, yerr=err, capsize=2, label=n)
     ax.set_xticks(np.arange(len(groups)) + w * (len(names) - 1) / 2, groups, rotation=30, ha="right")
     ax.set_ylabel(label)
   axes[0].legend(fontsize=8)

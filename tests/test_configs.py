@@ -132,6 +132,8 @@ STUDY = [
   ("pretrain_steps", "0", "an integer >= 1, or -1"),
   ("probe_steps", "-2", "an integer >= 1, or -1"),
   ("probe_mode", "finetune", "one of linear, mlp"),
+  ("seeds", "(0,0)", "a tuple of one or more distinct integers >= 0"),
+  ("measures", "('knn','linear')", "a tuple of knn, equivariance"),
   ("augmentations", "('crop','spin')", f"a tuple of {OPS}"),
   ("objectives", "('simclr','moco')", "a tuple of simclr, peclr, relative, hybrid"),
   ("compose", "('crop','spin')", f"a tuple of {OPS}"),

@@ -195,13 +195,13 @@ def test_study_runs_resumes_and_tabulates(tmp_path):
   assert len((root / "commands.sh").read_text().splitlines()) == 1 + 3
 
   # Resume: only what is missing runs again.
-  os.remove(root / "probe_simclr_crop" / "eval_evaluation.json")
-  mtime = os.path.getmtime(root / "pretrain_simclr_crop" / "encoder" / "model.json")
+  os.remove(root / "probe_simclr_crop_s0" / "eval_evaluation.json")
+  mtime = os.path.getmtime(root / "pretrain_simclr_crop_s0" / "encoder" / "model.json")
   out = run()
-  assert "[done]    pretrain_simclr_crop" in out and "[done]    probe_random_init" in out
-  assert out.count("[start]") == 1 and "[ok]      probe_simclr_crop" in out
-  assert os.path.getmtime(root / "pretrain_simclr_crop" / "encoder" / "model.json") == mtime
-  assert (root / "probe_simclr_crop" / "eval_evaluation.json").is_file()
+  assert "[done]    pretrain_simclr_crop_s0" in out and "[done]    probe_random_init_s0" in out
+  assert out.count("[start]") == 1 and "[ok]      probe_simclr_crop_s0" in out
+  assert os.path.getmtime(root / "pretrain_simclr_crop_s0" / "encoder" / "model.json") == mtime
+  assert (root / "probe_simclr_crop_s0" / "eval_evaluation.json").is_file()
 
 
 def _eval_json(path, metrics, anchor):
@@ -252,3 +252,54 @@ def test_study_table_falls_back_to_the_given_anchor_and_prints_one_line_when_all
   assert f"| simclr | 7.00 | {7 / 8:.3f} | 30.00 | {30 / 20:.3f} | 0.4000 | s |" in table
   (line,) = [x for x in table.splitlines() if "constant prediction" in x]
   assert line.startswith("A constant prediction scores 8.00 px 2D EPE") and "20.00 mm PA-EPE / 0.6000 PA-AUC" in line
+
+
+def test_each_seed_repeats_every_run_but_rendering_and_reads_its_own_encoder():
+  c = cfg("cross_dataset", seeds=(0, 3))
+  runs = study.runs_of(c, "/s")
+  by = {r.name: r for r in runs}
+  assert [r.name for r in runs if r.kind == "render"] == ["data_A", "data_B"]  # shared
+  one = study.cross_dataset(c, "/s")
+  assert len(runs) == 2 + 2 * (len(one) - 2)
+  ft = by["finetune_AB_s3"]
+  assert ft.needs == "pretrain_peclr_AB_s3" and ft.after == ("data_A",) and dict(ft.overrides)["seed"] == 3
+  assert by["eval_B_finetune_AB_s3"].needs == "finetune_AB_s3" and "seed" not in dict(
+    by["eval_B_finetune_AB_s3"].overrides
+  )
+  o = study.runs_of(cfg("objectives", seeds=(0, 1)), "/s")
+  knn = {r.name: r for r in o}["knn_random_init_s1"]
+  assert knn.kind == "knn" and knn.needs == "" and "--config.seed=1" in knn.command("/s")
+  assert knn.output("/s") == "/s/knn_random_init_s1/knn_evaluation.json"
+
+
+def test_seed_cells_and_paired_intervals_match_a_direct_computation(tmp_path):
+  """Planted per-seed results: the cell means / std and the PeCLR - SimCLR t-interval against NumPy and scipy."""
+  import numpy as np
+  import scipy.stats
+
+  root, c = str(tmp_path), cfg("objectives", seeds=(0, 1, 2), measures=())
+  runs = study.runs_of(c, root)
+  anchor = dict(epe_2d_px=11.0, rr_epe_mm=100.0, pa_epe_mm=20.0)
+  planted = {"simclr": [10.0, 10.4, 10.1], "peclr": [9.0, 9.5, 9.3], "relative": [10.0, 10.0, 10.6]}
+  planted["random init"] = [10.9, 11.0, 11.2]
+  for r in runs:
+    if r.kind == "probe":
+      v = planted[dict(r.tags)["objective"]][r.seed]
+      _eval_json(
+        os.path.join(root, r.name, "eval_evaluation.json"),
+        dict(epe_2d_px=v, pa_epe_mm=20 + v, pa_auc=0.5, rr_epe_mm=90.0),
+        anchor,
+      )
+  study.write_results(c, runs, root)
+  res = json.loads((tmp_path / "results.json").read_text())
+  cell = next(x for x in res["cells"] if x["objective"] == "peclr")
+  assert cell["epe_2d_px"]["mean"] == pytest.approx(np.mean(planted["peclr"]))
+  assert cell["epe_2d_px"]["std"] == pytest.approx(np.std(planted["peclr"], ddof=1))
+  (comp,) = [x for x in res["comparisons"]["epe_2d_px"] if x["name"] == "linear: peclr vs simclr"]
+  d = np.subtract(planted["peclr"], planted["simclr"])
+  half = scipy.stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+  assert (comp["lo"], comp["hi"]) == pytest.approx((d.mean() - half, d.mean() + half))
+  assert comp["significant"] == (d.mean() + half < 0)
+  md = (tmp_path / "results.md").read_text()
+  assert f"| linear | peclr | 3 | {np.mean(planted['peclr']):.2f} +- {np.std(planted['peclr'], ddof=1):.2f} |" in md
+  assert "linear: relative vs simclr" in md and "linear: peclr vs random init" in md

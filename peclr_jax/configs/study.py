@@ -12,7 +12,9 @@ accelerator).
   peclr-study --config=study:composition,cpu --workdir=runs/composition \
       --config.best_from=runs/ablation/best_objectives.json
 
-Each run is a pretrain or probe command with the overrides below (see `<workdir>/commands.sh`); re-running the
+Each cell runs once per `seeds` (3 at cpu) and results.md gives mean +- std over seeds and the study's comparisons
+as paired differences with 95 % intervals. Each run is a pretrain, probe, knn or equivariance command with the
+overrides below (see `<workdir>/commands.sh`); re-running the
 command resumes. Results: `<workdir>/results.{md,json,png}`; docs/results.md has the measured tables and times.
 """
 
@@ -41,6 +43,10 @@ def get_config(arg="ablation,cpu"):
   if size == "cpu":
     c.parallel = 2  # one run's compile overlaps the other's steps
   c.probe_mode = "linear"
+  # Every run once per seed (the pretraining and probe `seed`: initialisation, augmentation, data order).
+  c.seeds = {"full": (0, 1, 2), "cpu": (0, 1, 2), "tiny": (0,)}[size]
+  # The objectives study also runs these on each encoder: knn (kNN and ridge probes), equivariance.
+  c.measures = ("knn", "equivariance") if study == "objectives" else ()
   # Study 1.
   c.augmentations = augment.OPS
   c.objectives = ("simclr", "peclr", "relative")
