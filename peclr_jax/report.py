@@ -263,7 +263,7 @@ def comparison_table(comps, title, only=None):
   if not names:
     return ""
   head = ["comparison (a - b)", "seeds"] + [f"{SHORT.get(k, k)} diff [95 % CI]" for k in keys]
-  head += [f"{SHORT.get(k, k)} relative" for k in keys if k in RATIO]
+  head += [f"{SHORT.get(k, k)} relative %" for k in keys if k in RATIO]
   lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name in names:
     by = {k: next((c for c in comps[k] if c["name"] == name), None) for k in keys}
@@ -280,12 +280,9 @@ def comparison_table(comps, title, only=None):
 
 
 def _relative(c):
-  if c["mean"] is None:
-    return ""
-  if c["lo"] is None:
-    return f"{100 * c['mean']:+.1f} %"
-  star = " *" if c["significant"] else ""
-  return f"{100 * c['mean']:+.1f} % [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]{star}"
+  """A relative difference's interval in per cent, formatted as stats.format_diff."""
+  pct = {k: (None if c[k] is None else 100 * c[k]) if k in ("mean", "lo", "hi") else v for k, v in c.items()}
+  return stats.format_diff(pct, 1)
 
 
 def equivariance_table(cells, tags, title):
