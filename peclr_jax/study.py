@@ -429,7 +429,7 @@ def comparisons(cfg, rows):
     for p in values("protocol") or [None]:
       at = {} if p is None else {"protocol": p}
       where = "" if p is None else f"{p}: "
-      for a, b in (("peclr", "simclr"), ("relative", "simclr"), ("relative", "peclr"), ("simhand", "peclr")):
+      for a, b in (("peclr", "simclr"), ("relative", "simclr"), ("relative", "peclr")):
         add(f"{where}{a} vs {b}", {**at, "objective": a}, {**at, "objective": b})
       for o in objs:
         add(f"{where}{o} vs random init", {**at, "objective": o}, {**at, "objective": "random init"})
